@@ -1,0 +1,469 @@
+"""``eagle3kit mix``: sources -> rules -> dedup -> weights -> shuffle -> split -> files.
+
+1. Each source is loaded (:mod:`eagle3kit.rawdata`) and converted with a batched,
+   multi-process ``datasets.map`` that calls only the owning plugin's
+   ``convert_to_unified`` and applies the rules of :mod:`eagle3kit.unified`. The result
+   (one Arrow file per source, fingerprinted, reused across runs) holds per raw record its
+   status, its unified JSON line and a 16-byte duplicate key; no record is ever held as
+   Python objects beyond one batch.
+2. Counts per status come from Arrow; dedup keeps the first occurrence in source order;
+   ``weight=`` options sample each source to its share; a seeded permutation shuffles and
+   the first ``round(test_ratio * N)`` rows become the test split.
+3. ``train.jsonl`` and ``test.jsonl`` are streamed out in that order to temporary names
+   and renamed; ``manifest.json`` is written last. A run whose inputs have the
+   fingerprint of the manifest already in ``--out`` reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from eagle3kit import __version__
+from eagle3kit.atomic import atomic_write_text, remove_quietly
+from eagle3kit.errors import RecordError, UserError
+from eagle3kit.plugins import Converter, Registry, converter_for
+from eagle3kit.rawdata import LOC_COLUMN, RAW_COLUMN, RawData, load_raw
+from eagle3kit.sourcespec import SourceSpec, resolve_options
+from eagle3kit.ui import UI
+from eagle3kit.unified import (
+    INVALID,
+    KEPT,
+    STATUSES,
+    TOO_SHORT,
+    UNKNOWN_ROLE,
+    clean_messages,
+    conversation_json,
+    conversation_key,
+    record_json,
+)
+
+#: Bump when the rules of eagle3kit.unified change: it invalidates every cached conversion.
+RULES_VERSION = 1
+MANIFEST = "manifest.json"
+TRAIN_FILE = "train.jsonl"
+TEST_FILE = "test.jsonl"
+AUTO_PROC_MIN_ROWS = 20_000
+_WRITE_BATCH = 8192
+
+
+def convert_batch(
+    batch: dict[str, list], indices: list[int], *, converter: Converter, raw_json: bool, where: str
+) -> dict[str, list]:
+    """Convert one batch of raw rows: the function ``datasets.map`` runs in the workers."""
+    if raw_json:
+        rows: Sequence[Any] = batch[RAW_COLUMN]
+        locs = batch[LOC_COLUMN]
+    else:
+        names = list(batch)
+        rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+        locs = indices
+    out: dict[str, list] = {"id": [], "json": [], "key": [], "status": [], "error": []}
+    for row, index, loc in zip(rows, indices, locs):
+        record_id = f"{converter.source}_{index}"
+        text, key, status, error = "", b"", KEPT, None
+        try:
+            record = json.loads(row) if raw_json else row
+            if not isinstance(record, dict):
+                raise ValueError(f"the record is a JSON {type(record).__name__}, expected an object")
+            messages = converter(record)
+            if messages is None:
+                raise ValueError("convert_to_unified returned None (is the source registered by this plugin?)")
+            conversation, status = clean_messages(messages)
+            if conversation is not None:
+                conv_text = conversation_json(conversation)
+                text, key = record_json(record_id, conv_text), conversation_key(conv_text)
+        except json.JSONDecodeError as exc:
+            status, error = INVALID, f"{where.format(loc=loc, row=index)}: bad JSON: {exc.msg} (column {exc.colno})"
+        except Exception as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
+            status, error = INVALID, f"{where.format(loc=loc, row=index)}: {_describe(exc)}"
+        out["id"].append(record_id)
+        out["json"].append(text)
+        out["key"].append(key)
+        out["status"].append(status)
+        out["error"].append(error)
+    return out
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return f"missing field {error.args[0]!r}" if error.args else "missing field"
+    if isinstance(error, RecordError) or type(error) is ValueError:
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "json": datasets.Value("large_string"),
+            "key": datasets.Value("binary"),
+            "status": datasets.Value("string"),
+            "error": datasets.Value("string"),
+        }
+    )
+
+
+def _digest(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+@dataclass
+class SourceRun:
+    """One source of a mix: its options, what was loaded, and what became of each record."""
+
+    name: str
+    plugin: str
+    plugin_version: str
+    options: dict[str, Any]
+    raw: RawData | None = None
+    converted: Any = None  # datasets.Dataset of convert_batch's columns
+    counts: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    used: int = 0
+    train: int = 0
+    test: int = 0
+
+    def fingerprint_inputs(self, converter: Converter) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "plugin_version": self.plugin_version,
+            "converter": f"{converter.function.__module__}.{converter.function.__qualname__}",
+            "options": {k: v for k, v in sorted(self.options.items()) if k != "weight"},
+            "raw": self.raw.dataset._fingerprint,
+            "rules": RULES_VERSION,
+            "eagle3kit": __version__,
+        }
+
+
+def default_num_proc(rows: int) -> int | None:
+    """Worker processes for ``rows`` records: all CPUs for big inputs, none for small."""
+    if rows < AUTO_PROC_MIN_ROWS:
+        return None
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _load_sources(registry: Registry, specs: Sequence[SourceSpec], cache_dir: Path, ui: UI) -> list[SourceRun]:
+    runs, seen = [], set()
+    for spec in specs:
+        if spec.name in seen:
+            raise UserError(f"--source {spec.name} is given twice; give each source once (ids must be unique)")
+        seen.add(spec.name)
+        source = registry.source(spec.name)
+        options = resolve_options(source, spec)
+        runs.append(SourceRun(source.name, source.plugin, source.plugin_version, options))
+    for run in runs:
+        source = registry.source(run.name)
+        with ui.progress(f"loading {run.name}") as task:
+            run.raw = load_raw(source, run.options, cache_dir, log=ui.warn)
+            rows = len(run.raw.dataset)
+            task.update(advance=rows, total=rows)
+        if run.options.get("limit") is not None and run.options["limit"] < rows:
+            run.raw.dataset = run.raw.dataset.select(range(run.options["limit"]))
+    return runs
+
+
+def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int | None, ui: UI) -> None:
+    converter = converter_for(registry, run.name, run.options)
+    fingerprint = _digest(run.fingerprint_inputs(converter))
+    dataset = run.raw.dataset
+    if num_proc is None:
+        num_proc = default_num_proc(len(dataset))
+    if num_proc is not None and num_proc > 1:
+        num_proc = min(num_proc, max(1, len(dataset) // 1000))
+        num_proc = num_proc if num_proc > 1 else None
+    target = cache_dir / "converted"
+    target.mkdir(parents=True, exist_ok=True)
+    with ui.datasets_progress(f"converting {run.name}"):
+        run.converted = dataset.map(
+            convert_batch,
+            batched=True,
+            batch_size=1000,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            features=_features(),
+            fn_kwargs={"converter": converter, "raw_json": run.raw.is_raw_json, "where": run.raw.where},
+            num_proc=num_proc,
+            new_fingerprint=fingerprint,
+            cache_file_name=str(target / f"{run.name}-{fingerprint}.arrow"),
+            load_from_cache_file=True,
+            desc=f"converting {run.name}",
+        )
+    import pyarrow.compute as pc
+
+    counts = {status: 0 for status in STATUSES}
+    for item in pc.value_counts(run.converted.data.table.column("status")).to_pylist():
+        counts[item["values"]] = item["counts"]
+    run.counts = counts
+
+
+def _invalid_report(runs: Sequence[SourceRun], limit: int = 5) -> str:
+    import pyarrow.compute as pc
+
+    lines = []
+    for run in runs:
+        if not run.counts.get(INVALID):
+            continue
+        errors = run.converted.data.table.column("error")
+        rows = pc.indices_nonzero(pc.is_valid(errors)).to_pylist()[:limit]
+        lines.append(f"{run.name}: {run.counts[INVALID]} malformed record(s), for example:")
+        lines += [f"  - {errors[i].as_py()}" for i in rows]
+    return "\n".join(lines)
+
+
+def _kept_rows(run: SourceRun):
+    import numpy as np
+    import pyarrow.compute as pc
+
+    mask = pc.equal(run.converted.data.table.column("status"), KEPT)
+    return np.asarray(pc.indices_nonzero(mask).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _dedup(runs: Sequence[SourceRun], kept: list) -> list:
+    import numpy as np
+
+    seen: set[bytes] = set()
+    out = []
+    for run, rows in zip(runs, kept):
+        keys = run.converted.data.table.column("key").take(rows).to_pylist() if len(rows) else []
+        keep = np.zeros(len(rows), dtype=bool)
+        for i, key in enumerate(keys):
+            if key not in seen:
+                seen.add(key)
+                keep[i] = True
+        run.duplicates = int(len(rows) - keep.sum())
+        out.append(rows[keep])
+    return out
+
+
+def apply_weights(sizes: Sequence[int], weights: Sequence[float | None]) -> list[int]:
+    """How many conversations each source contributes so that shares follow ``weights``.
+
+    No weight anywhere: every source gives everything. Otherwise every source must have
+    a weight; the mix is the largest whose shares are the weights' without repeating a
+    conversation (a source is never asked for more than it has).
+    """
+    if all(w is None for w in weights):
+        return list(sizes)
+    if any(w is None for w in weights):
+        raise UserError("give weight= to every --source or to none (weights are shares of the whole mix)")
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    n = min(size / share for size, share in zip(sizes, shares))
+    return [min(size, int(round(n * share))) for size, share in zip(sizes, shares)]
+
+
+def mix_fingerprint(runs: Sequence[SourceRun], registry: Registry, settings: dict[str, Any]) -> str:
+    inputs = {
+        "eagle3kit": __version__,
+        "rules": RULES_VERSION,
+        "settings": settings,
+        "sources": [
+            {
+                "name": r.name,
+                "plugin": r.plugin,
+                "plugin_version": r.plugin_version,
+                "options": r.options,
+                "raw": r.raw.dataset._fingerprint,
+            }
+            for r in runs
+        ],
+    }
+    return _digest(inputs, 32)
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of a complete mix in ``out``, or None when there is none (or it is stale)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    for name, info in manifest.get("files", {}).items():
+        path = out / name
+        if not path.is_file() or path.stat().st_size != info.get("bytes"):
+            return None
+    return manifest
+
+
+def _write_split(path: Path, chunks: list, offsets, order) -> dict[str, Any]:
+    """Stream the JSON lines at ``order`` (global row numbers) into ``path`` atomically."""
+    import numpy as np
+    import pyarrow as pa
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            for start in range(0, len(order), _WRITE_BATCH):
+                idx = order[start : start + _WRITE_BATCH]
+                chunk_of = np.searchsorted(offsets, idx, side="right") - 1
+                lines: list[str] = [""] * len(idx)
+                for c in np.unique(chunk_of):
+                    at = np.nonzero(chunk_of == c)[0]
+                    values = chunks[c].take(pa.array(idx[at] - offsets[c])).to_pylist()
+                    for j, value in zip(at, values):
+                        lines[j] = value
+                data = ("\n".join(lines) + "\n").encode("utf-8")
+                digest.update(data)
+                size += len(data)
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return {"rows": int(len(order)), "bytes": size, "sha256": digest.hexdigest()}
+
+
+def run_mix(
+    registry: Registry,
+    specs: Sequence[SourceSpec],
+    out: Path,
+    cache_dir: Path,
+    *,
+    test_ratio: float = 0.05,
+    seed: int = 0,
+    num_proc: int | None = None,
+    dedup: bool = True,
+    skip_invalid: bool = False,
+    ui: UI | None = None,
+) -> dict[str, Any]:
+    """Mix ``specs`` into ``out/train.jsonl`` and ``out/test.jsonl``; return the manifest."""
+    import numpy as np
+
+    ui = ui or UI()
+    if not specs:
+        raise UserError("no --source given; run `eagle3kit sources` to see the available ones")
+    if not 0 <= test_ratio < 1:
+        raise UserError(f"--test-ratio {test_ratio}: must be at least 0 and below 1")
+    out, cache_dir = Path(out), Path(cache_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the output or cache folder: {error}") from None
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    runs = _load_sources(registry, specs, cache_dir, ui)
+    settings = {"test_ratio": test_ratio, "seed": seed, "dedup": dedup, "skip_invalid": skip_invalid}
+    fingerprint = mix_fingerprint(runs, registry, settings)
+    previous = read_manifest(out)
+    if previous and previous.get("fingerprint") == fingerprint:
+        ui.log(f"{out}: up to date (fingerprint {fingerprint[:12]}), reusing the existing mix")
+        previous["reused"] = True
+        return previous
+
+    for run in runs:
+        _convert(run, registry, cache_dir, num_proc, ui)
+    if not skip_invalid and any(run.counts[INVALID] for run in runs):
+        raise UserError(
+            _invalid_report(runs)
+            + "\nFix the file, or pass --skip-invalid to drop malformed records (they are counted in the manifest)."
+        )
+
+    kept = [_kept_rows(run) for run in runs]
+    if dedup:
+        kept = _dedup(runs, kept)
+    sizes = apply_weights([len(k) for k in kept], [run.options.get("weight") for run in runs])
+    chosen = []
+    for i, (run, rows, size) in enumerate(zip(runs, kept, sizes)):
+        if size < len(rows):
+            pick = np.random.default_rng([seed, i]).choice(len(rows), size=size, replace=False)
+            rows = rows[np.sort(pick)]
+        run.used = int(len(rows))
+        chosen.append(rows)
+
+    # global row number = offset of the source's table + row in it
+    chunks, chunk_offsets, base = [], [], 0
+    source_offsets = []
+    for i, run in enumerate(runs):
+        source_offsets.append(base)
+        for chunk in run.converted.data.table.column("json").chunks:
+            chunks.append(chunk)
+            chunk_offsets.append(base)
+            base += len(chunk)
+    rows_global = np.concatenate([rows + off for rows, off in zip(chosen, source_offsets)]) if chosen else np.zeros(0, np.int64)
+    source_index = np.concatenate([np.full(len(rows), i) for i, rows in enumerate(chosen)])
+    total = len(rows_global)
+    if total == 0:
+        raise UserError("no conversation is left after the clean-up rules; see the counts above and check the inputs")
+    perm = np.random.default_rng(seed).permutation(total)
+    n_test = int(round(test_ratio * total))
+    test_order, train_order = perm[:n_test], perm[n_test:]
+    for i, run in enumerate(runs):
+        run.test = int(np.sum(source_index[test_order] == i))
+        run.train = run.used - run.test
+
+    offsets = np.asarray(chunk_offsets, dtype=np.int64)
+    remove_quietly(out / MANIFEST)  # from here on the folder is not a complete mix
+    with ui.progress("writing", total=total) as task:
+        files = {}
+        files[TRAIN_FILE] = _write_split(out / TRAIN_FILE, chunks, offsets, rows_global[train_order])
+        task.update(advance=len(train_order))
+        files[TEST_FILE] = _write_split(out / TEST_FILE, chunks, offsets, rows_global[test_order])
+        task.update(advance=len(test_order))
+
+    manifest = {
+        "eagle3kit_version": __version__,
+        "fingerprint": fingerprint,
+        "seed": seed,
+        "test_ratio": test_ratio,
+        "dedup": dedup,
+        "skip_invalid": skip_invalid,
+        "rules_version": RULES_VERSION,
+        "plugins": registry.plugin_versions(),
+        "sources": [
+            {
+                "name": run.name,
+                "plugin": run.plugin,
+                "plugin_version": run.plugin_version,
+                "options": run.options,
+                "loaded_from": run.raw.origin,
+                "attempts": run.raw.attempts,
+                "rows_read": len(run.converted),
+                "kept": run.counts[KEPT],
+                "dropped": {UNKNOWN_ROLE: run.counts[UNKNOWN_ROLE], TOO_SHORT: run.counts[TOO_SHORT], INVALID: run.counts[INVALID]},
+                "duplicates": run.duplicates,
+                "used": run.used,
+                "train": run.train,
+                "test": run.test,
+            }
+            for run in runs
+        ],
+        "split": {"train": int(len(train_order)), "test": int(n_test)},
+        "files": files,
+        "reused": False,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def summary_table(manifest: dict[str, Any]):
+    """A Rich table of what the mix did per source (where each came from is in its caption)."""
+    from rich.table import Table
+
+    caption = "\n".join(f"{s['name']}: {s['loaded_from']}" for s in manifest["sources"])
+    table = Table(title=f"eagle3kit mix ({'reused' if manifest.get('reused') else 'written'})", caption=caption)
+    table.add_column("source")
+    for col in ("read", "kept", "unknown\nrole", "too\nshort", "invalid", "dupli-\ncates", "used", "train", "test"):
+        table.add_column(col, justify="right")
+    totals = [0] * 9
+    for s in manifest["sources"]:
+        values = [s["rows_read"], s["kept"], s["dropped"][UNKNOWN_ROLE], s["dropped"][TOO_SHORT], s["dropped"][INVALID],
+                  s["duplicates"], s["used"], s["train"], s["test"]]
+        totals = [a + b for a, b in zip(totals, values)]
+        table.add_row(s["name"], *(f"{v:,}" for v in values))
+    table.add_row("total", *(f"{v:,}" for v in totals), style="bold")
+    return table

@@ -1,0 +1,91 @@
+"""``--source NAME[:key=value,...]``: parse the text and check the options.
+
+Every source accepts ``path``, ``limit`` and ``weight``; a source may declare more
+(:class:`eagle3kit.Option`). Errors name the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from eagle3kit.errors import UserError
+from eagle3kit.types import Option, Source
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+#: Options every source accepts.
+COMMON_OPTIONS = (
+    Option("path", "a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub"),
+    Option("limit", "read only the first N raw records", _non_negative_int),
+    Option("weight", "share of the final mix (relative to the other sources' weights)", _positive_float),
+)
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?::(?P<opts>.*))?$", re.S)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source name and the raw ``key=value`` texts given after it."""
+
+    name: str
+    raw_options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "SourceSpec":
+        match = _SPEC.match(text.strip())
+        if not match:
+            raise UserError(
+                f"--source {text!r}: expected NAME or NAME:key=value,key=value (for example ultrachat:limit=1000)"
+            )
+        pairs = []
+        opts = match.group("opts")
+        if opts:
+            # split on commas that start a new key=value, so a path may contain commas
+            for part in re.split(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)", opts):
+                key, sep, value = part.partition("=")
+                if not sep or not key.strip():
+                    raise UserError(f"--source {text!r}: option {part!r} is not of the form key=value")
+                pairs.append((key.strip(), value.strip()))
+        return cls(match.group("name"), tuple(pairs))
+
+
+def source_options(source: Source) -> tuple[Option, ...]:
+    """Every option ``source`` accepts: the common ones, then its own."""
+    return COMMON_OPTIONS + tuple(source.options)
+
+
+def resolve_options(source: Source, spec: SourceSpec) -> dict[str, Any]:
+    """Parse ``spec``'s options against what ``source`` accepts; defaults filled in."""
+    accepted = {opt.name: opt for opt in source_options(source)}
+    values: dict[str, Any] = {name: opt.default for name, opt in accepted.items()}
+    seen = set()
+    for key, text in spec.raw_options:
+        opt = accepted.get(key)
+        if opt is None:
+            raise UserError(
+                f"--source {spec.name}: unknown option {key!r}. {spec.name} accepts: "
+                + ", ".join(f"{o.name} ({o.help})" for o in accepted.values())
+            )
+        if key in seen:
+            raise UserError(f"--source {spec.name}: option {key!r} given twice")
+        seen.add(key)
+        try:
+            values[key] = opt.parse(text)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--source {spec.name}: bad value {text!r} for option {key!r} ({opt.help}): {error}") from None
+    return values
