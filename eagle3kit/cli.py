@@ -124,6 +124,167 @@ def mix(sources_, out, cache_dir, test_ratio, seed, num_proc, no_dedup, skip_inv
     click.echo(f"test:  {out / 'test.jsonl'} ({manifest['split']['test']:,} conversations)")
 
 
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise click.BadParameter("give three comma-separated hidden-state indices, e.g. 2,16,29") from None
+    if len(items) != 3:
+        raise click.BadParameter("give exactly three hidden-state indices, e.g. 2,16,29")
+    return items
+
+
+@cli.command()
+@click.option("--basepath", default="meta-llama/Llama-3.1-8B-Instruct", show_default=True,
+              help="The target model: a Hugging Face id or a local folder.")
+@click.option("--trainpath", type=click.Path(dir_okay=False), default=None,
+              help="Unified JSONL to train on. Default: mix the default sources into <cache-dir>/mixed first.")
+@click.option("--testpath", type=click.Path(dir_okay=False), default=None, help="Unified JSONL to evaluate on.")
+@click.option("--savedir", type=click.Path(file_okay=False), default="./checkpoints", show_default=True,
+              help="Checkpoints: step_N/ (DeepSpeed state + draft/), latest and best.")
+@click.option("--cache-dir", "--cache_dir", "cache_dir", type=click.Path(file_okay=False), default=DEFAULT_CACHE_DIR,
+              show_default=True, help="Tokenised data and the draft vocabulary are cached here.")
+@click.option("--deepspeed-config", "--deepspeed_config", "deepspeed_config", type=click.Path(dir_okay=False),
+              default=None, help="DeepSpeed JSON config. Default: the packaged bf16 ZeRO-2 AdamW config.")
+@click.option("--num-epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Peak learning rate (linear warm-up, then cosine decay).")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.015, show_default=True)
+@click.option("--max-len", type=click.IntRange(min=16), default=2048, show_default=True,
+              help="Longest conversation in tokens; longer ones are truncated at a turn boundary (counted).")
+@click.option("--max-tokens", type=click.IntRange(min=16), default=16384, show_default=True,
+              help="Tokens per micro-batch: conversations are packed into rows of this length.")
+@click.option("--draft-vocab-size", type=click.IntRange(min=1), default=32000, show_default=True)
+@click.option("--ttt-length", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Training-time-test steps unrolled per position.")
+@click.option("--ttt-decay", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Weight of step k's loss is decay**k.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="Evaluate on the test split every N optimizer steps (and at every epoch end).")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, help="Save a checkpoint every N optimizer steps.")
+@click.option("--keep-last", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Checkpoints kept besides the best one.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report-to", type=click.Choice(["wandb", "tensorboard", "none"]), default="wandb", show_default=True,
+              help="Metrics logger. wandb without an API key logs offline; WANDB_MODE is honoured.")
+@click.option("--run-name", default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --savedir exactly where its latest checkpoint stopped.")
+@click.option("--aux-layers", callback=_int_list, default=None,
+              help="HF hidden-state indices of the three fused features. Default: 2, N//2, N-3.")
+@click.option("--attention", type=click.Choice(["eager", "flex"]), default=None,
+              help="Draft attention kernel. Default: flex on GPU, eager on CPU.")
+@click.option("--target-attention", type=click.Choice(["flex_attention", "sdpa", "eager"]), default=None,
+              help="The target's attn_implementation. Default: flex_attention on GPU, sdpa on CPU.")
+@click.option("--checkpoint-activations", is_flag=True,
+              help="Recompute each TTT step in the backward pass (non-reentrant): less memory, more compute.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default=None,
+              help="Default: bfloat16 on GPU, float32 on CPU.")
+@click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes for tokenisation.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--source", "sources_", multiple=True, help="Sources to mix when no --trainpath is given.")
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)
+def train(**options):
+    """Train an EAGLE-3 draft for a target model with DeepSpeed.
+
+    \b
+    One GPU:   eagle3kit train --basepath MODEL --trainpath train.jsonl --testpath test.jsonl
+    8 GPUs:    deepspeed --num_gpus 8 --module eagle3kit train --basepath MODEL ...
+    Nodes:     deepspeed --hostfile hosts --module eagle3kit train ...
+    """
+    from eagle3kit.train.loop import TrainConfig, train as run_train
+    from eagle3kit.ui import RichUI
+
+    options.pop("local_rank")
+    sources = options.pop("sources_")
+    cfg = TrainConfig(**options)
+    if sources:
+        cfg.sources = list(sources)
+    run_train(cfg, RichUI())
+
+
+@cli.command()
+@click.option("--basepath", required=True, help="The target model (HF id or folder): its tokenizer and chat template, "
+              "and with the in-process backend the model that answers.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL to regenerate.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="Unified JSONL written; a manifest goes beside it (<out>.manifest.json, e.g. regen.manifest.json).")
+@click.option("--server", default=None, help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI), e.g. "
+              "http://localhost:8000/v1. Default: generate in this process with transformers.")
+@click.option("--model", "server_model", default=None, help="Model name sent to the server. Default: --basepath.")
+@click.option("--api-key", default=None, envvar="OPENAI_API_KEY", help="Bearer token for the server ($OPENAI_API_KEY).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests in flight at once (server backend).")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Retries per request, with exponential back-off (server backend).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds per request (server backend).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Prompts per generate() call (in-process backend).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Regenerate only the first N records.")
+@click.option("--system-prompt", default=None, help="System message for every conversation (replaces one it has).")
+@click.option("--reasoning", type=click.Choice(["keep", "drop"]), default="drop", show_default=True,
+              help="For reasoning models: keep or drop the <think>...</think> block of each answer.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: records already done are skipped.")
+@click.option("--overwrite", is_flag=True, help="Start again, replacing an existing --out.")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
+def regenerate(**options):
+    """Replace every assistant answer with the target's own, turn by turn (the EAGLE-3 recipe)."""
+    from eagle3kit.regenerate import RegenConfig, run_regenerate
+    from eagle3kit.ui import RichUI
+
+    run_regenerate(RegenConfig(**options), RichUI())
+
+
+@cli.command(name="eval")
+@click.option("--basepath", required=True, help="The target model (HF id or folder).")
+@click.option("--draft", "draft_path", type=click.Path(file_okay=False), required=True,
+              help="A draft folder (config.json + model.safetensors), e.g. checkpoints/best/draft.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL (test split).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=80, show_default=True,
+              help="Prompts to decode (one per conversation: its conversation up to the last human turn).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True, help="Draft tokens proposed per target pass.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--no-baseline", is_flag=True, help="Skip plain greedy decoding (no speed-up figure).")
+def eval_(**options):
+    """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up."""
+    from eagle3kit.eval import EvalConfig, run_eval
+    from eagle3kit.ui import RichUI
+
+    run_eval(EvalConfig(**options), RichUI())
+
+
+@cli.command()
+@click.argument("draft_dir", type=click.Path(file_okay=False))
+@click.option("--to", "fmt", type=click.Choice(["sglang", "vllm", "speculators"]), default=None,
+              help="Target serving format.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder to write.")
+@click.option("--basepath", default=None, help="The target model's name (the speculators format records it as the verifier).")
+@click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Draft length recorded in the speculators format.")
+@click.option("--check", "check_only", is_flag=True, help="Only validate DRAFT_DIR and name each problem.")
+def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only):
+    """Write a draft in the layout SGLang, vLLM or vLLM speculators loads (checked), or --check one."""
+    from eagle3kit.export import check_command, export_command
+
+    if check_only:
+        check_command(draft_dir)
+    else:
+        if fmt is None or out_dir is None:
+            raise click.UsageError("give --to FORMAT and --out DIR, or --check")
+        export_command(draft_dir, fmt, out_dir, basepath=basepath, num_speculative_tokens=num_speculative_tokens)
+
+
 def main():
     cli(prog_name="eagle3kit")
 

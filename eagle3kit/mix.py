@@ -78,7 +78,9 @@ def convert_batch(
                 conv_text = conversation_json(conversation)
                 text, key = record_json(record_id, conv_text), conversation_key(conv_text)
         except json.JSONDecodeError as exc:
-            status, error = INVALID, f"{where.format(loc=loc, row=index)}: bad JSON: {exc.msg} (column {exc.colno})"
+            # a JSON-lines row keeps its newline: an error at the end of the row is past the last character
+            column = min(exc.pos, len(row.rstrip("\r\n"))) + 1
+            status, error = INVALID, f"{where.format(loc=loc, row=index)}: bad JSON: {exc.msg} (column {column})"
         except Exception as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
             status, error = INVALID, f"{where.format(loc=loc, row=index)}: {_describe(exc)}"
         out["id"].append(record_id)
@@ -452,9 +454,11 @@ def run_mix(
 
 def summary_table(manifest: dict[str, Any]):
     """A Rich table of what the mix did per source (where each came from is in its caption)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    caption = "\n".join(f"{s['name']}: {s['loaded_from']}" for s in manifest["sources"])
+    # escaped: "HuggingFaceH4/ultrachat_200k [train_sft]" is not Rich markup
+    caption = "\n".join(escape(f"{s['name']}: {s['loaded_from']}") for s in manifest["sources"])
     table = Table(title=f"eagle3kit mix ({'reused' if manifest.get('reused') else 'written'})", caption=caption)
     table.add_column("source")
     for col in ("read", "kept", "unknown\nrole", "too\nshort", "invalid", "dupli-\ncates", "used", "train", "test"):

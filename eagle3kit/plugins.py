@@ -16,6 +16,7 @@ Nothing is loaded at import time: :func:`load_registry` builds a fresh manager p
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -30,6 +31,8 @@ from eagle3kit.types import Source
 ENTRY_POINT_GROUP = "eagle3kit"
 STRICT_ENV = "EAGLE3KIT_STRICT_PLUGINS"
 BLOCK_ENV = "EAGLE3KIT_BLOCK_PLUGINS"
+#: What --source accepts as a source name (eagle3kit.sourcespec parses it).
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 @dataclass
@@ -173,13 +176,16 @@ def load_registry(
                 raise PluginError(
                     f"plugin {_plugin!r} called register() with {type(source).__name__}; pass an eagle3kit.Source"
                 )
+            if not _SOURCE_NAME.fullmatch(source.name or ""):
+                raise PluginError(
+                    f"plugin {_plugin!r} registers a source named {source.name!r}; a source name may hold only "
+                    "letters, digits, '_', '.' and '-' (it is typed in --source NAME:key=value)"
+                )
             _declared.append(source)
 
         try:
             pm.subset_hook_caller("register_sources", remove_plugins=others)(register=register)
-        except PluginError:
-            raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a plugin failing here is skipped like one failing to import
             registry.plugins.pop(name)
             pm.unregister(name=name)
             fail(name, error)

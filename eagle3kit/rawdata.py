@@ -140,8 +140,11 @@ def _raw_json_generator(paths: list[str], size: int, mtime_ns: int) -> Iterator[
     # size and mtime_ns are not used here: they are in the cache fingerprint, so that an
     # edited file is read again.
     for path in paths:
-        for text, loc in iter_json_records(path):
-            yield {RAW_COLUMN: text, LOC_COLUMN: loc}
+        try:
+            for text, loc in iter_json_records(path):
+                yield {RAW_COLUMN: text, LOC_COLUMN: loc}
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
 
 
 def _load_json_files(paths: list[str], cache_dir: Path):
@@ -154,9 +157,16 @@ def _load_json_files(paths: list[str], cache_dir: Path):
         "size": sum(s.st_size for s in stats),
         "mtime_ns": max(s.st_mtime_ns for s in stats),
     }
-    return datasets.Dataset.from_generator(
-        _raw_json_generator, features=features, gen_kwargs=gen_kwargs, cache_dir=str(cache_dir / "raw")
-    )
+    try:
+        return datasets.Dataset.from_generator(
+            _raw_json_generator, features=features, gen_kwargs=gen_kwargs, cache_dir=str(cache_dir / "raw")
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        # datasets wraps what the generator raised; a UserError (bad JSON array, not
+        # UTF-8) is the message the user must see, not a traceback
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise
 
 
 # --------------------------------------------------------------------------- local copies
@@ -199,7 +209,7 @@ def load_local(source: Source, path: str, cache_dir: Path) -> RawData:
 
 
 def _is_json_lines(p: Path) -> bool:
-    with open(p, encoding="utf-8") as f:
+    with open(p, encoding="utf-8", errors="replace") as f:  # only the first character matters here
         head = f.read(4096).lstrip("\ufeff").lstrip()
     return not head.startswith("[")
 

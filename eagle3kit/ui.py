@@ -35,6 +35,19 @@ class UI:
         Console(file=sys.stdout, width=160).print(table)
 
 
+class SilentUI(UI):
+    """Says nothing (the other ranks of a distributed run)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def table(self, table: Any) -> None:
+        pass
+
+
 class _Task:
     def update(self, advance: float = 0, total: float | None = None, description: str | None = None, **fields) -> None:
         pass
@@ -87,10 +100,15 @@ class RichUI(UI):
         task_id = self._progress.add_task(description, total=total, extra="")
         try:
             yield _RichTask(self._progress, task_id)
-        finally:
-            task = self._progress.tasks[task_id]
+        except BaseException:
+            # a step that failed is not shown as done (its error is printed next)
+            self._progress.remove_task(task_id)
+            raise
+        else:
+            task = next(t for t in self._progress.tasks if t.id == task_id)  # tasks is a list, not by id
             if task.total is None:
                 self._progress.update(task_id, total=task.completed or 1, completed=task.completed or 1)
+        finally:
             if outer:
                 self._progress.stop()
                 self._progress = None

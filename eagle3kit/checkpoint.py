@@ -1,0 +1,212 @@
+"""The servable draft on disk: its layout, atomic save, and load.
+
+A draft folder holds ``config.json`` and ``model.safetensors``, in the layout SGLang's
+``LlamaForCausalLMEagle3`` loads (and vLLM's ``eagle3`` method too):
+
+* keys ``fc.weight``, ``midlayer.{input_layernorm,hidden_norm,post_attention_layernorm}.weight``,
+  ``midlayer.self_attn.{q,k,v,o}_proj.weight``, ``midlayer.mlp.{gate,up,down}_proj.weight``,
+  ``norm.weight``, ``lm_head.weight``, ``d2t`` (int64 offsets: target id = i + d2t[i]) and
+  ``t2d`` (bool over the target vocabulary); no ``embed_tokens``, no target weight;
+* a flat Llama-style config with ``architectures: ["LlamaForCausalLMEagle3"]``,
+  ``num_hidden_layers: 1``, ``draft_vocab_size``, the target's sizes and rope settings, and
+  the three feature layers in both engines' conventions: vLLM's top-level
+  ``eagle_aux_hidden_state_layer_ids`` is the HF ``hidden_states`` index (the input of that
+  decoder layer); SGLang's ``eagle_config.eagle_aux_hidden_state_layer_ids`` is one less
+  (SGLang adds one).
+
+The exporters and the checker (``eagle3kit export``) live in :mod:`eagle3kit.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from eagle3kit import __version__
+from eagle3kit.errors import UserError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+LAYER_KEYS = (
+    "midlayer.input_layernorm.weight",
+    "midlayer.hidden_norm.weight",
+    "midlayer.post_attention_layernorm.weight",
+    "midlayer.self_attn.q_proj.weight",
+    "midlayer.self_attn.k_proj.weight",
+    "midlayer.self_attn.v_proj.weight",
+    "midlayer.self_attn.o_proj.weight",
+    "midlayer.mlp.gate_proj.weight",
+    "midlayer.mlp.up_proj.weight",
+    "midlayer.mlp.down_proj.weight",
+)
+REQUIRED_KEYS = ("fc.weight",) + LAYER_KEYS + ("norm.weight", "lm_head.weight", "d2t", "t2d")
+
+
+def legacy_rope(rope: dict[str, Any]) -> dict[str, Any]:
+    """``rope_theta`` and ``rope_scaling`` as transformers 4.x (and SGLang) read them."""
+    out: dict[str, Any] = {}
+    params = rope.get("rope_parameters")
+    if isinstance(params, dict):
+        params = dict(params)
+        out["rope_theta"] = params.pop("rope_theta", rope.get("rope_theta", 10000.0))
+        kind = params.get("rope_type", params.get("type", "default"))
+        out["rope_scaling"] = None if kind == "default" else params
+    else:
+        out["rope_theta"] = rope.get("rope_theta", 10000.0)
+        out["rope_scaling"] = rope.get("rope_scaling")
+    if rope.get("partial_rotary_factor") is not None:
+        out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    return out
+
+
+def servable_config(config, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a servable draft for a :class:`~eagle3kit.train.draft.DraftConfig`."""
+    data = {
+        "architectures": ["LlamaForCausalLMEagle3"],
+        "model_type": "llama",
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "num_hidden_layers": 1,
+        "hidden_act": config.hidden_act,
+        "rms_norm_eps": config.rms_norm_eps,
+        "vocab_size": config.vocab_size,
+        "draft_vocab_size": config.draft_vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        **legacy_rope(config.rope),
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "norm_before_residual": False,
+        "target_hidden_size": config.target_hidden_size,
+        "torch_dtype": config.torch_dtype,
+        "eagle_aux_hidden_state_layer_ids": list(config.aux_layers),
+        "eagle_config": {
+            "use_aux_hidden_state": True,
+            "eagle_aux_hidden_state_layer_ids": [i - 1 for i in config.aux_layers],
+        },
+        "eagle3kit": {
+            "version": __version__,
+            "draft_config": config.to_dict(),
+            **(extra or {}),
+        },
+    }
+    if config.rope.get("rope_parameters") is not None:
+        data["rope_parameters"] = config.rope["rope_parameters"]
+    return data
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing an older ``final`` (the old one is removed last)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_draft(draft, out_dir: str | Path, extra: dict[str, Any] | None = None, dtype=None) -> Path:
+    """Write a servable draft folder atomically (temporary folder, then rename)."""
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        dtype = dtype or getattr(torch, draft.config.torch_dtype)
+        tensors = {}
+        for key, value in draft.trainable_state_dict().items():
+            value = value.detach().cpu()
+            if value.is_floating_point():
+                value = value.to(dtype)
+            tensors[key] = value.contiguous()
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(servable_config(draft.config, extra), indent=2) + "\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_draft(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config dict, tensors)`` of a draft folder, with a clear error when unreadable."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UserError(f"{path}: no {CONFIG}; give a draft folder (for example checkpoints/latest/draft)")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{path}: no .safetensors weights")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except ValueError as error:
+        raise UserError(f"{path / CONFIG}: not valid JSON ({error})") from None
+    tensors: dict[str, Any] = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return config, tensors
+
+
+def load_draft(path: str | Path, device=None, dtype=None):
+    """Rebuild an :class:`~eagle3kit.train.draft.Eagle3Draft` from a folder saved by eagle3kit."""
+    import torch
+
+    from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+
+    config, tensors = read_draft(path)
+    saved = config.get("eagle3kit", {}).get("draft_config")
+    if saved is None:
+        saved = draft_config_from_servable(config)
+    draft = Eagle3Draft(DraftConfig.from_dict(saved))
+    state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in tensors.items()}
+    state = {k.replace("layers.0.", "midlayer."): v for k, v in state.items() if not k.startswith("embed_tokens")}
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.startswith("rotary.")]
+    if missing or unexpected:
+        raise UserError(f"{path}: the weights do not match the config (missing: {missing}, unexpected: {unexpected})")
+    draft.to(device=device or "cpu", dtype=dtype or torch.float32)
+    draft.d2t.data = state["d2t"].to(draft.d2t.device, torch.long)
+    draft.t2d.data = state["t2d"].to(draft.t2d.device, torch.bool)
+    return draft
+
+
+def draft_config_from_servable(config: dict[str, Any]) -> dict[str, Any]:
+    """A DraftConfig dict from a flat servable config (a draft trained elsewhere)."""
+    if "transformer_layer_config" in config:  # speculators format
+        layer = dict(config["transformer_layer_config"])
+        layer.update({k: config[k] for k in ("draft_vocab_size", "target_hidden_size", "eagle_aux_hidden_state_layer_ids") if config.get(k) is not None})
+        config = layer
+    heads = config["num_attention_heads"]
+    aux = config.get("eagle_aux_hidden_state_layer_ids")
+    if not aux and isinstance(config.get("eagle_config"), dict) and config["eagle_config"].get("eagle_aux_hidden_state_layer_ids"):
+        aux = [i + 1 for i in config["eagle_config"]["eagle_aux_hidden_state_layer_ids"]]
+    rope = {k: config[k] for k in ("rope_theta", "rope_scaling", "rope_parameters") if config.get(k) is not None}
+    return {
+        "hidden_size": config["hidden_size"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": config.get("num_key_value_heads", heads),
+        "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
+        "intermediate_size": config["intermediate_size"],
+        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
+        "vocab_size": config["vocab_size"],
+        "draft_vocab_size": config.get("draft_vocab_size") or config["vocab_size"],
+        "max_position_embeddings": config.get("max_position_embeddings", 2048),
+        "aux_layers": list(aux) if aux else [],
+        "target_hidden_size": config.get("target_hidden_size") or config["hidden_size"],
+        "target_num_layers": 0,
+        "rope": rope,
+        "hidden_act": config.get("hidden_act", "silu"),
+    }

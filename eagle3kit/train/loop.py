@@ -1,0 +1,591 @@
+"""The training recipe: DeepSpeed engine over the draft, schedule, logging, evaluation,
+checkpoints and exact resume. ``eagle3kit train`` calls :func:`train`.
+
+One process per GPU (the ``deepspeed`` launcher, or ``torchrun``); without a launcher a
+single process. Each rank trains on its own shard of the packed micro-batches; DeepSpeed
+averages gradients. The frozen target lives outside the engine, on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eagle3kit import __version__
+from eagle3kit.atomic import atomic_write_text
+from eagle3kit.checkpoint import save_draft
+from eagle3kit.errors import UserError
+from eagle3kit.train.attention import PackedMask, default_backend
+from eagle3kit.train.data import (
+    TokenizedData,
+    load_or_build_draft_vocab,
+    load_tokenized,
+    make_micro_batch,
+    pack,
+    shard_bins,
+)
+from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+from eagle3kit.train.target import FrozenTarget, load_target_model
+from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
+from eagle3kit.ui import UI, SilentUI
+
+DEFAULT_BASEPATH = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_config.json")
+LATEST, BEST = "latest", "best"
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``eagle3kit train`` (see ``eagle3kit train --help``)."""
+
+    basepath: str = DEFAULT_BASEPATH
+    trainpath: str | None = None
+    testpath: str | None = None
+    savedir: str = "./checkpoints"
+    cache_dir: str = "./data_cache"
+    deepspeed_config: str | None = None
+    num_epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 1e-4
+    warmup_ratio: float = 0.015
+    max_len: int = 2048
+    max_tokens: int = 16384
+    draft_vocab_size: int = 32000
+    ttt_length: int = 7
+    ttt_decay: float = 0.8
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_last: int = 2
+    seed: int = 0
+    report_to: str = "wandb"
+    run_name: str | None = None
+    resume: bool = False
+    aux_layers: list[int] | None = None
+    attention: str | None = None  # eager | flex; default by device
+    target_attention: str | None = None  # the target's attn_implementation; default by device
+    checkpoint_activations: bool = False
+    num_proc: int | None = None
+    dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
+    log_every: int = 10
+    pad_to_max_tokens: bool | None = None  # fixed shapes for compiled attention; default on GPU
+    sources: list[str] = field(default_factory=lambda: ["ultrachat", "sharegpt"])
+
+
+# ------------------------------------------------------------------ distributed set-up
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """Start torch.distributed through DeepSpeed (nccl on GPU, gloo on CPU)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, local, device
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        x = t.to(device)
+        torch.distributed.all_reduce(x)
+        return x.cpu()
+    return t.cpu()
+
+
+# ------------------------------------------------------------------ DeepSpeed config
+def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
+    """Read the DeepSpeed config (the packaged default when none is given) and fill its
+    ``"auto"`` values from the command line."""
+    source = Path(path) if path else DEFAULT_DS_CONFIG
+    try:
+        ds = json.loads(source.read_text())
+    except OSError as error:
+        raise UserError(f"--deepspeed-config {source}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise UserError(f"--deepspeed-config {source}: not valid JSON ({error})") from None
+    ds.setdefault("train_micro_batch_size_per_gpu", 1)
+    if ds["train_micro_batch_size_per_gpu"] != 1:
+        raise UserError(f"--deepspeed-config {source}: train_micro_batch_size_per_gpu must be 1: a micro-batch is one "
+                        "packed row; use --max-tokens to make it larger")
+    ds.setdefault("gradient_accumulation_steps", 1)
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage > 2:
+        raise UserError(f"--deepspeed-config {source}: ZeRO stage {stage} is not supported (the draft is small; use 0-2)")
+    for key in ("bf16", "fp16"):
+        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
+            ds[key]["enabled"] = bf16 if key == "bf16" else False
+    opt = ds.get("optimizer", {}).get("params", {})
+    if opt.get("lr") == "auto":
+        opt["lr"] = cfg.lr
+    if not torch.cuda.is_available() and "optimizer" in ds:
+        opt.setdefault("torch_adam", True)  # no JIT build of DeepSpeed's CPU Adam
+    if ds.get("gradient_clipping") == "auto":
+        ds["gradient_clipping"] = 0.5
+    return ds
+
+
+def lr_lambda(total_steps: int, warmup: int):
+    """Linear warm-up to the peak, then cosine decay to zero."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class DraftTrainer(torch.nn.Module):
+    """The engine's module: the draft, whose forward is the TTT loss."""
+
+    def __init__(self, draft: Eagle3Draft) -> None:
+        super().__init__()
+        self.draft = draft
+
+    def forward(self, target_out, mb, mask, ttt_length: int, decay: float, checkpoint_steps: bool):
+        return ttt_loss(self.draft, target_out, mb.position_ids, mb.doc_ids, mb.loss_mask, mask,
+                        ttt_length=ttt_length, decay=decay, checkpoint_steps=checkpoint_steps)
+
+
+# ------------------------------------------------------------------ reporting
+class Reporter:
+    """wandb, tensorboard or nothing; rank 0 only."""
+
+    def __init__(self, kind: str, cfg: TrainConfig, savedir: Path, ui: UI) -> None:
+        self.kind, self.run, self.writer = kind, None, None
+        if kind == "wandb":
+            import wandb
+
+            mode = os.environ.get("WANDB_MODE")
+            if not mode and not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in():
+                mode = "offline"
+                ui.log("wandb: no API key found, logging offline under ./wandb (upload later with `wandb sync`)")
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "eagle3kit"), name=cfg.run_name,
+                                  config=asdict(cfg), mode=mode, dir=str(savedir))
+        elif kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(savedir / "runs"))
+        elif kind != "none":
+            raise UserError(f"--report-to {kind}: choose wandb, tensorboard or none")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _wandb_logged_in() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ checkpoints
+def resolve_pointer(savedir: Path, name: str) -> str | None:
+    """The tag (``step_N``) that ``savedir/name`` points at: a symlink, or a file holding it."""
+    p = savedir / name
+    if p.is_symlink():
+        return os.readlink(p).rstrip("/").split("/")[-1]
+    if p.is_file():
+        return p.read_text().strip() or None
+    return None
+
+
+def point(savedir: Path, name: str, tag: str) -> None:
+    """Make ``savedir/name`` a symlink to ``tag``, atomically."""
+    tmp = savedir / f".{name}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(tag, tmp)
+    os.replace(tmp, savedir / name)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where training is: saved in every checkpoint, so a resume continues exactly."""
+
+    epoch: int = 0
+    micro: int = 0  # next micro-batch of this rank's shard in this epoch
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on by this rank
+    best_tau: float = -1.0
+    best_tag: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rows_digest: str = ""  # running digest of the rows this rank trained on
+
+
+# ------------------------------------------------------------------ the recipe
+@dataclass
+class Prepared:
+    train: TokenizedData
+    test: TokenizedData | None
+    tokenizer: Any
+    draft_ids: np.ndarray
+    coverage: float
+
+
+def prepare_data(cfg: TrainConfig, rank: int, ui: UI) -> Prepared:
+    """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizer of {cfg.basepath!r}: {str(error).splitlines()[0]}") from None
+    result = None
+    for turn in (0, 1):
+        if (rank == 0) == (turn == 0):
+            train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
+            test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
+            vocab = load_or_build_draft_vocab(train, len(tokenizer), cfg.draft_vocab_size, tokenizer.all_special_ids,
+                                              cfg.cache_dir, warn=ui.warn if rank == 0 else (lambda m: None))
+            result = Prepared(train, test, tokenizer, vocab.ids, vocab.coverage)
+        barrier()
+    return result
+
+
+def _mix_default_sources(cfg: TrainConfig, ui: UI, rank: int) -> None:
+    """Without --trainpath: run the mix of the default sources into the cache dir."""
+    out = Path(cfg.cache_dir) / "mixed"
+    if rank == 0:
+        from eagle3kit.mix import run_mix
+        from eagle3kit.plugins import load_registry
+        from eagle3kit.sourcespec import SourceSpec
+
+        ui.log(f"no --trainpath: mixing {' + '.join(cfg.sources)} into {out}")
+        run_mix(load_registry(), [SourceSpec.parse(s) for s in cfg.sources], out, Path(cfg.cache_dir), ui=ui)
+    barrier()
+    cfg.trainpath = str(out / "train.jsonl")
+    if cfg.testpath is None:
+        cfg.testpath = str(out / "test.jsonl")
+
+
+def evaluate(engine, target: FrozenTarget, data: TokenizedData, cfg: TrainConfig, rank: int, world: int,
+             device: torch.device, backend: str, pad_to: int | None) -> StepStats:
+    """Per-step loss and accuracy of the draft on the test split (all ranks, summed)."""
+    bins = pack(np.asarray(data.dataset["length"]), cfg.max_tokens, seed=cfg.seed)
+    mine = bins[rank::world]
+    total = torch.zeros(3, cfg.ttt_length, dtype=torch.float64)
+    engine.module.eval()
+    with torch.no_grad():
+        for rows in mine:
+            mb = make_micro_batch(data.dataset, rows, pad_to=pad_to).to(device)
+            mask = PackedMask.build(mb.doc_ids, backend)
+            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+            _, stats = engine.module(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, False)
+            total += stats.cpu()
+    engine.module.train()
+    return StepStats.from_tensor(all_reduce_sum(total, device))
+
+
+def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
+    """Train a draft; returns a summary (final step, test metrics, where things were saved)."""
+    import deepspeed
+
+    ui = ui or UI()
+    rank, world, local, device = init_distributed()
+    quiet = ui if rank == 0 else SilentUI()
+    savedir = Path(cfg.savedir)
+    if cfg.max_len > cfg.max_tokens:
+        raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
+    if cfg.ttt_length < 1:
+        raise UserError("--ttt-length must be at least 1")
+    if rank == 0:
+        savedir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and resolve_pointer(savedir, LATEST):
+            raise UserError(f"{savedir} already holds a training run ({LATEST} -> {resolve_pointer(savedir, LATEST)}); "
+                            "pass --resume to continue it, or choose another --savedir")
+    barrier()
+    if cfg.trainpath is None:
+        _mix_default_sources(cfg, quiet, rank)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    backend = cfg.attention or default_backend(device)
+    pad = cfg.pad_to_max_tokens if cfg.pad_to_max_tokens is not None else backend == "flex"
+    pad_to = cfg.max_tokens if pad else None
+
+    data = prepare_data(cfg, rank, quiet)
+    target_impl = cfg.target_attention or ("flex_attention" if backend == "flex" else "sdpa")
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl)
+    draft_config = DraftConfig.from_target(model.config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
+    draft_config.torch_dtype = str(dtype).replace("torch.", "")
+    target = FrozenTarget(model, draft_config.aux_layers, torch.from_numpy(data.draft_ids))
+    draft = Eagle3Draft(draft_config)
+    draft.set_vocab(torch.from_numpy(data.draft_ids))
+    with torch.no_grad():  # start from the target's own output head, restricted to the draft vocabulary
+        draft.lm_head.weight.copy_(target.lm_head.weight.detach().float().cpu()[torch.from_numpy(data.draft_ids)])
+        draft.norm.weight.copy_(model.get_decoder().norm.weight.detach().float().cpu())
+    module = DraftTrainer(draft).to(device)
+
+    ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
+    accum = int(ds_config["gradient_accumulation_steps"])
+    lengths = np.asarray(data.train.dataset["length"])
+    per_epoch = len(shard_bins(pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000), rank, world, accum)) // accum
+    if per_epoch == 0:
+        raise UserError(f"the training data fills {len(pack(lengths, cfg.max_tokens, 0))} micro-batches of --max-tokens "
+                        f"{cfg.max_tokens}: too few for {world} rank(s) x {accum} accumulation steps; "
+                        "lower --max-tokens or add data")
+    total_steps = per_epoch * cfg.num_epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    has_scheduler = "scheduler" in ds_config
+    engine, _, _, _ = deepspeed.initialize(
+        model=module,
+        model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=ds_config,
+        lr_scheduler=None if has_scheduler else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, warmup))),
+    )
+
+    progress = Progress()
+    if cfg.resume:
+        tag = resolve_pointer(savedir, LATEST)
+        if tag is None:
+            raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
+        _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
+        if client is None:
+            raise UserError(f"--resume: cannot read the checkpoint {savedir / tag}")
+        progress = Progress(**client["progress"])
+        _set_rng_state(client["rng"][rank] if isinstance(client["rng"], list) else client["rng"])
+        quiet.log(f"resumed from {savedir / tag}: epoch {progress.epoch}, step {progress.step}")
+
+    reporter = Reporter(cfg.report_to, cfg, savedir, quiet) if rank == 0 else None
+    if rank == 0:
+        atomic_write_text(savedir / "train_config.json", json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+        quiet.log(
+            f"data: {data.train.conversations:,} conversations, {data.train.tokens:,} tokens "
+            f"({data.train.masked_tokens:,} in answers); truncated at a turn: {data.train.truncated:,}, "
+            f"cut inside the first answer: {data.train.cut_mid_turn:,}, without an answer: {data.train.without_answer:,}"
+        )
+        quiet.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
+                  f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
+        quiet.log(f"{world} rank(s), {per_epoch:,} optimizer steps per epoch, {total_steps:,} in all; "
+                  f"attention {backend}, target {target_impl}, {str(dtype).replace('torch.', '')}")
+
+    last_saved = progress.step if cfg.resume else -1
+    last_eval = -1
+
+    def save(tag_step: int, reason: str) -> str:
+        nonlocal last_saved
+        last_saved = tag_step
+        tag = f"step_{tag_step}"
+        client = {"progress": asdict(progress), "rng": _gather_rng(device), "eagle3kit": __version__}
+        engine.save_checkpoint(str(savedir), tag=tag, client_state=client, save_latest=False)
+        if rank == 0:
+            extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath}
+            save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
+        barrier()
+        if rank == 0:
+            point(savedir, LATEST, tag)
+            _prune(savedir, cfg.keep_last, keep={tag, progress.best_tag})
+            quiet.log(f"saved checkpoint {savedir / tag} ({reason})")
+        barrier()
+        return tag
+
+    def run_eval() -> None:
+        nonlocal last_eval
+        if data.test is None or last_eval == progress.step:
+            return
+        last_eval = progress.step
+        stats = evaluate(engine, target, data.test, cfg, rank, world, device, backend, pad_to)
+        accs, losses = stats.accuracies(), stats.losses()
+        tau = simulated_acceptance_length(accs)
+        record = {"step": progress.step, "epoch": progress.epoch, "tau_sim": tau, "acc": accs, "loss": losses}
+        progress.history.append(record)
+        if reporter:
+            reporter.log({"test/tau_sim": tau, **{f"test/acc_{k}": a for k, a in enumerate(accs)},
+                          **{f"test/loss_{k}": v for k, v in enumerate(losses)}}, progress.step)
+        quiet.log(f"test @ step {progress.step}: tau_sim {tau:.3f}  acc " + " ".join(f"{a:.3f}" for a in accs))
+        if tau > progress.best_tau:
+            progress.best_tau = tau
+            tag = save(progress.step, f"best tau_sim {tau:.3f}")
+            progress.best_tag = tag
+            if rank == 0:
+                point(savedir, BEST, tag)
+
+    digest = hashlib.sha256(progress.rows_digest.encode())
+    window = torch.zeros(3, cfg.ttt_length, dtype=torch.float64, device=device)
+    window_tokens, window_start = 0, time.perf_counter()
+    done = progress.step >= total_steps
+    with quiet.progress("training", total=total_steps) as bar:
+        bar.update(advance=progress.step)
+        while not done and progress.epoch < cfg.num_epochs:
+            bins = shard_bins(pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000 + progress.epoch), rank, world, accum)
+            while progress.micro < len(bins):
+                rows = bins[progress.micro]
+                mb = make_micro_batch(data.train.dataset, rows, pad_to=pad_to).to(device)
+                mask = PackedMask.build(mb.doc_ids, backend)
+                out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+                loss, stats = engine(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, cfg.checkpoint_activations)
+                engine.backward(loss)
+                engine.step()
+                progress.micro += 1
+                progress.tokens += mb.tokens
+                window += stats
+                window_tokens += mb.tokens
+                digest.update(np.asarray(rows, dtype=np.int64).tobytes())
+                progress.rows_digest = digest.hexdigest()
+                if progress.micro % accum:
+                    continue
+                progress.step += 1
+                if progress.step % cfg.log_every == 0 or progress.step == total_steps:
+                    summed = all_reduce_sum(torch.cat([window.flatten().cpu(), torch.tensor([window_tokens], dtype=torch.float64)]), device)
+                    s = StepStats.from_tensor(summed[:-1].view(3, cfg.ttt_length))
+                    elapsed = time.perf_counter() - window_start
+                    tps = float(summed[-1]) / max(elapsed, 1e-9)
+                    accs, losses = s.accuracies(), s.losses()
+                    lr = engine.get_lr()[0]
+                    if reporter:
+                        reporter.log({"train/tokens_per_s": tps, "train/lr": lr, "train/loss": sum(
+                            cfg.ttt_decay**k * v for k, v in enumerate(losses) if v == v),
+                            **{f"train/acc_{k}": a for k, a in enumerate(accs)},
+                            **{f"train/loss_{k}": v for k, v in enumerate(losses)}}, progress.step)
+                    bar.update(advance=0, **{"tok/s": f"{tps:,.0f}", "loss_0": f"{losses[0]:.3f}", "acc_0": f"{accs[0]:.3f}"})
+                    window.zero_()
+                    window_tokens, window_start = 0, time.perf_counter()
+                bar.update(advance=1)
+                if cfg.eval_every and progress.step % cfg.eval_every == 0:
+                    run_eval()
+                if cfg.save_every and progress.step % cfg.save_every == 0 and last_saved != progress.step:
+                    save(progress.step, "--save-every")
+                if progress.step >= total_steps:
+                    done = True
+                    break
+            if progress.micro >= len(bins):
+                progress.epoch += 1
+                progress.micro = 0
+                run_eval()  # at the end of every epoch
+    run_eval()
+    if last_saved != progress.step:
+        save(progress.step, "end of training")
+    summary = _write_rank_summary(savedir, rank, world, progress, engine)
+    if reporter:
+        reporter.close()
+    if rank == 0:
+        _final_table(quiet, progress, savedir)
+    return summary
+
+
+def _gather_rng(device: torch.device):
+    """Every rank's RNG state (each rank restores its own on resume)."""
+    state = _rng_state()
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
+def _prune(savedir: Path, keep_last: int, keep: set) -> None:
+    tags = sorted((p for p in savedir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    for p in tags[:-keep_last] if keep_last > 0 else []:
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _param_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_rank_summary(savedir: Path, rank: int, world: int, progress: Progress, engine) -> dict[str, Any]:
+    """``savedir/logs/rank{r}.json``: what this rank trained on and where it ended."""
+    summary = {
+        "rank": rank,
+        "world_size": world,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "tokens": progress.tokens,
+        "rows_digest": progress.rows_digest,
+        "param_digest": _param_digest(engine.module.draft),
+        "best_tau_sim": progress.best_tau,
+        "best": progress.best_tag,
+        "latest": resolve_pointer(savedir, LATEST),
+        "history": progress.history,
+    }
+    (savedir / "logs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(savedir / "logs" / f"rank{rank}.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _final_table(ui: UI, progress: Progress, savedir: Path) -> None:
+    from rich.table import Table
+
+    if not progress.history:
+        return
+    last = progress.history[-1]
+    table = Table(title=f"draft after {progress.step} steps: test split")
+    table.add_column("TTT step", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("top-1 accuracy", justify="right")
+    for k, (loss, acc) in enumerate(zip(last["loss"], last["acc"])):
+        table.add_row(str(k), f"{loss:.4f}", f"{acc:.4f}")
+    table.caption = (f"tau_sim {last['tau_sim']:.3f} (best {progress.best_tau:.3f} at {progress.best_tag}); "
+                     f"draft: {savedir / LATEST / 'draft'}")
+    ui.table(table)

@@ -1,0 +1,138 @@
+"""The frozen target model: fused features from three layers, and its next-token
+distribution restricted to the draft vocabulary.
+
+Loaded with ``AutoModelForCausalLM.from_pretrained``, frozen, in bf16 on GPU, outside the
+DeepSpeed engine. Features are captured with hooks on the decoder layers (the input of
+layer i is HF ``hidden_states[i]``), so the other layers' outputs are never kept. The
+lm_head runs in row chunks: full-vocabulary logits exist only for one chunk at a time,
+for the top-1 check, and only the draft-vocabulary columns are kept (softmaxed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from eagle3kit.errors import UserError
+from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask
+from eagle3kit.train.ttt import TargetOutputs
+
+
+def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
+    """``from_pretrained`` with a clear error when the model cannot be found or read."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        kwargs["torch_dtype"] = kwargs.pop("dtype")
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot load the target model {path!r}: {first}. Give a local folder with config.json and weights, "
+            "or a Hub id (set HF_TOKEN for gated models; HF_HUB_OFFLINE=1 uses the local cache only)."
+        ) from None
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise UserError(f"{type(model).__name__}: cannot find its decoder layers (model.model.layers)")
+    return layers
+
+
+class FrozenTarget:
+    """Runs the target on packed rows and returns :class:`TargetOutputs`."""
+
+    def __init__(self, model, aux_layers: list[int], draft_ids: torch.Tensor, logits_chunk: int = 2048) -> None:
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.num_layers = len(self.layers)
+        self.aux_layers = list(aux_layers)
+        self.logits_chunk = logits_chunk
+        self.device = next(model.parameters()).device
+        self.embed_tokens = model.get_input_embeddings()
+        self.lm_head = model.get_output_embeddings()
+        self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+        self.set_draft_vocab(draft_ids)
+
+    def set_draft_vocab(self, draft_ids: torch.Tensor) -> None:
+        vocab = self.lm_head.weight.shape[0]
+        self.draft_ids = draft_ids.to(self.device, torch.long)
+        self.t2d = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        self.t2d[self.draft_ids] = True
+
+    def attention_mask(self, doc_ids: torch.Tensor, packed: PackedMask | None = None):
+        """The document-causal mask of a packed row in the form the target's attention takes."""
+        impl = self.attn_implementation
+        if impl == "flex_attention":
+            if packed is not None and packed.block is not None:
+                return packed.block
+            return PackedMask.build(doc_ids, "flex").block
+        allowed = packed.dense if packed is not None and packed.dense is not None else dense_doc_causal_mask(doc_ids)
+        allowed = allowed[None, None]
+        if impl == "sdpa":
+            return allowed
+        dtype = self.embed_tokens.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the target on a (1, T) row: returns ``(aux (1, T, 3H), last_hidden (1, T, H))``."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = []
+
+        def grab_input(index):
+            def hook(module, args, kwargs):
+                captured[index] = args[0] if args else kwargs["hidden_states"]
+            return hook
+
+        def grab_output(index):
+            def hook(module, args, kwargs, output):
+                captured[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        for index in set(self.aux_layers):
+            if index < self.num_layers:
+                hooks.append(self.layers[index].register_forward_pre_hook(grab_input(index), with_kwargs=True))
+            else:
+                hooks.append(self.layers[-1].register_forward_hook(grab_output(index), with_kwargs=True))
+        try:
+            out = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                           attention_mask=attention_mask, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        aux = torch.cat([captured[i] for i in self.aux_layers], dim=-1)
+        return aux, out.last_hidden_state
+
+    @torch.no_grad()
+    def restricted_probs(self, last_hidden: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, H) -> softmax over the draft vocabulary (T, Vd), and top-1-in-draft-vocab (T,)."""
+        n = last_hidden.shape[0]
+        probs = torch.empty(n, self.draft_ids.numel(), dtype=out_dtype, device=last_hidden.device)
+        in_vocab = torch.empty(n, dtype=torch.bool, device=last_hidden.device)
+        for s in range(0, n, self.logits_chunk):
+            logits = self.lm_head(last_hidden[s : s + self.logits_chunk])
+            in_vocab[s : s + self.logits_chunk] = self.t2d[logits.argmax(-1)]
+            probs[s : s + self.logits_chunk] = torch.softmax(logits.index_select(-1, self.draft_ids).float(), -1).to(out_dtype)
+        return probs, in_vocab
+
+    @torch.no_grad()
+    def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor,
+            packed: PackedMask | None = None, probs_dtype: torch.dtype | None = None) -> TargetOutputs:
+        """Everything the TTT loss needs from the target for one packed row (T,)."""
+        ids, pos = input_ids[None], position_ids[None]
+        aux, last = self.features(ids, pos, self.attention_mask(doc_ids, packed))
+        probs, in_vocab = self.restricted_probs(last[0], probs_dtype or last.dtype)
+        return TargetOutputs(aux=aux, embeds=self.embed_tokens(ids), probs=probs, in_vocab=in_vocab)

@@ -1,0 +1,200 @@
+"""The training-time test (TTT): the unroll of the draft over ``ttt_length`` steps, and
+its loss. The one place that defines what the draft learns.
+
+Notation for one packed row of T tokens x_0..x_{T-1}; f_t the target's fused features
+at position t (it has read x_0..x_t); p_t the target's next-token distribution at t
+(a prediction of x_{t+1}), restricted to the draft vocabulary and renormalised.
+
+* Step 0 feeds ``fc(f_t)`` with the embedding of x_{t+1}; its output at t predicts
+  x_{t+2}, so its label is p_{t+1}.
+* Step k feeds the step-(k-1) output hidden state at t (gradient flows through it) with
+  the embedding of x_{t+k+1}; its label is p_{t+k+1}, the prediction of x_{t+k+2}.
+  Rotary positions are those of step 0 plus k; attention is
+  :func:`eagle3kit.train.attention.ttt_attention`.
+* Position t counts at step k iff the predicted token x_{t+k+2} is an assistant token
+  (``loss_mask[t+k+2]``: the mask is aligned with the label at *every* step, the
+  reference trainer is off by one at step 0), lies in the same conversation as t, and the
+  target's top-1 token at t+k+1 is in the draft vocabulary.
+* loss_k = soft cross-entropy of the draft logits against p_{t+k+1}, summed over counted
+  positions and divided by their number; total = sum_k decay^k loss_k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from eagle3kit.train.attention import PackedMask, ttt_attention
+from eagle3kit.train.draft import Eagle3Draft
+
+
+@dataclass
+class TargetOutputs:
+    """What the frozen target gives for one packed row (no gradient)."""
+
+    aux: torch.Tensor  # (1, T, 3 * H_target): fused features
+    embeds: torch.Tensor  # (1, T, H): token embeddings
+    probs: torch.Tensor  # (T, V_draft): target distribution restricted to the draft vocabulary
+    in_vocab: torch.Tensor  # (T,) bool: the target's top-1 token is in the draft vocabulary
+
+
+@dataclass
+class StepStats:
+    """Per-step sums over counted positions (they add up across batches and ranks)."""
+
+    loss_sum: list[float] = field(default_factory=list)
+    correct: list[int] = field(default_factory=list)
+    count: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "StepStats":
+        return cls(t[0].tolist(), [int(x) for x in t[1].tolist()], [int(x) for x in t[2].tolist()])
+
+    def losses(self) -> list[float]:
+        return [s / c if c else float("nan") for s, c in zip(self.loss_sum, self.count)]
+
+    def accuracies(self) -> list[float]:
+        return [a / c if c else float("nan") for a, c in zip(self.correct, self.count)]
+
+
+def simulated_acceptance_length(accuracies: list[float]) -> float:
+    """tau_sim = 1 + sum_k prod_{j<=k} acc_j: the expected tokens per target pass of a
+    chain whose step-k proposal is right with probability acc_k given the earlier ones."""
+    tau, run = 1.0, 1.0
+    for acc in accuracies:
+        if acc != acc:  # nan: no counted position at this step
+            break
+        run *= acc
+        tau += run
+    return tau
+
+
+class SoftCrossEntropy(torch.autograd.Function):
+    """sum_rows -sum_v p_v log softmax(h W^T)_v, in row chunks, never holding all logits.
+
+    Forward keeps only its inputs; backward recomputes each chunk's logits. Also counts
+    rows whose draft argmax equals the label's argmax (top-1 agreement).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            z = (hidden[s : s + chunk] @ weight.t()).float()
+            p = target[s : s + chunk].float()
+            total -= (p * torch.log_softmax(z, dim=-1)).sum()
+            correct += (z.argmax(-1) == p.argmax(-1)).sum()
+        ctx.save_for_backward(hidden, weight, target)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor, _grad_correct):
+        hidden, weight, target = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[s : s + ctx.chunk]
+            z = (h @ weight.t()).float()
+            p = target[s : s + ctx.chunk].float()
+            dz = (torch.softmax(z, dim=-1) * p.sum(-1, keepdim=True) - p) * grad_total
+            dz = dz.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[s : s + ctx.chunk] = dz @ weight
+            if grad_weight is not None:
+                grad_weight += (dz.t() @ h).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def step_weights(loss_mask: torch.Tensor, doc_ids: torch.Tensor, in_vocab: torch.Tensor, k: int) -> torch.Tensor:
+    """(T,) bool: the positions t counted at TTT step k (see the module docstring)."""
+    n = loss_mask.numel()
+    w = torch.zeros(n, dtype=torch.bool, device=loss_mask.device)
+    m = n - k - 2
+    if m > 0:
+        w[:m] = loss_mask[k + 2 :] & (doc_ids[k + 2 :] == doc_ids[:m]) & in_vocab[k + 1 : k + 1 + m]
+    return w
+
+
+def shift_left(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x[:, t + n] at position t, zeros past the end. x: (1, T, H)."""
+    if n == 0:
+        return x
+    out = torch.zeros_like(x)
+    if n < x.shape[1]:
+        out[:, : x.shape[1] - n] = x[:, n:]
+    return out
+
+
+def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, values: tuple, mask: PackedMask):
+    """One TTT step; returns the new hidden state and this step's keys and values.
+
+    A pure function of its tensor arguments (the cache comes in, the new entries go out),
+    so non-reentrant checkpointing can recompute it."""
+    new: dict[str, torch.Tensor] = {}
+
+    def attend(q, k, v):
+        new["k"], new["v"] = k, v
+        return ttt_attention(q, keys + (k,), values + (v,), mask)
+
+    hidden = draft.layer(embeds, hidden, cos, sin, attend)
+    return hidden, new["k"], new["v"]
+
+
+def ttt_loss(
+    draft: Eagle3Draft,
+    target: TargetOutputs,
+    position_ids: torch.Tensor,
+    doc_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    mask: PackedMask,
+    ttt_length: int = 7,
+    decay: float = 0.8,
+    checkpoint_steps: bool = False,
+    chunk: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TTT loss of one packed row, and per-step sums for logging.
+
+    ``position_ids``, ``doc_ids``, ``loss_mask``: (T,). Returns ``(total, stats)`` with
+    ``stats`` a (3, ttt_length) float64 tensor on the device: per step the summed loss,
+    the top-1 agreements and the counted positions (:meth:`StepStats.from_tensor`).
+    """
+    # which positions count at each step, found before the unroll: the only host syncs
+    rows_per_step = [step_weights(loss_mask, doc_ids, target.in_vocab, k).nonzero().squeeze(-1) for k in range(ttt_length)]
+    counts = [int(r.numel()) for r in rows_per_step]
+
+    hidden = draft.fc(target.aux.to(draft.fc.weight.dtype))
+    embeds = target.embeds.to(hidden.dtype)
+    keys: tuple = ()
+    values: tuple = ()
+    loss_sums, corrects = [], []
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for k in range(ttt_length):
+        cos, sin = draft.rope((position_ids + k)[None], hidden)
+        args = (draft, shift_left(embeds, k + 1), hidden, cos, sin, keys, values, mask)
+        if checkpoint_steps and torch.is_grad_enabled():
+            hidden, key, value = checkpoint(_draft_step, *args, use_reentrant=False)
+        else:
+            hidden, key, value = _draft_step(*args)
+        keys, values = keys + (key,), values + (value,)
+
+        rows, n = rows_per_step[k], counts[k]
+        if n:
+            h = draft.norm(hidden[0].index_select(0, rows))
+            labels = target.probs.index_select(0, rows + k + 1)
+            loss_sum, correct = SoftCrossEntropy.apply(h, draft.lm_head.weight, labels, chunk)
+            total = total + (decay**k) * loss_sum / n
+        else:  # nothing to learn at this step in this row: keep every parameter in the graph
+            loss_sum = 0.0 * draft.logits(hidden[:, :1]).float().sum()
+            correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+            total = total + loss_sum
+        loss_sums.append(loss_sum.detach().double())
+        corrects.append(correct.double())
+    stats = torch.stack([torch.stack(loss_sums), torch.stack(corrects), torch.tensor(counts, dtype=torch.float64, device=hidden.device)])
+    return total, stats

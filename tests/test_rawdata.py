@@ -1,0 +1,330 @@
+"""eagle3kit.rawdata: reading raw JSON, local copies of every kind, and Hub fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import sharegpt_record, ultrachat_record, write_json, write_jsonl
+from eagle3kit import HubRepo, Source, UserError, hookimpl
+from eagle3kit import rawdata
+from eagle3kit.plugins import load_registry
+from eagle3kit.rawdata import LOC_COLUMN, RAW_COLUMN, iter_json_records, load_hub, load_local, load_raw
+
+ULTRA = Source(name="ultrachat", description="d", repos=(HubRepo("HuggingFaceH4/ultrachat_200k", split="train_sft"),))
+LOCAL = Source(name="local", description="d")
+OFFLINE_REPO = "eagle3kit-tests/no-such-dataset"
+
+RECORDS = [ultrachat_record(("user", f"Q{i}"), ("assistant", f"A{i}"), prompt_id=str(i)) for i in range(3)]
+
+
+def rows(raw) -> list[dict]:
+    """The records of a loaded RawData as dicts (parsing raw JSON texts)."""
+    if raw.is_raw_json:
+        return [json.loads(text) for text in raw.dataset[RAW_COLUMN]]
+    return raw.dataset.to_list()
+
+
+# --------------------------------------------------------------------------- iter_json_records
+def test_json_lines_yield_text_and_1_based_line_numbers_skipping_blank_lines(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}\n\n  \n{"b": 2}\n{"c": 3}', encoding="utf-8")
+    assert list(iter_json_records(str(path))) == [('{"a": 1}\n', 1), ('{"b": 2}\n', 4), ('{"c": 3}', 5)]
+
+
+def test_json_array_yields_record_texts_and_0_based_indices(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('\ufeff \n[ {"a": [1, {"x": "]"}]} ,\n{"b": "}, {"}\n, {} ]\n', encoding="utf-8")
+    assert list(iter_json_records(str(path))) == [('{"a": [1, {"x": "]"}]}', 0), ('{"b": "}, {"}', 1), ("{}", 2)]
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "[]", " [ \n ] "])
+def test_empty_files_and_arrays_yield_nothing(tmp_path, text):
+    path = tmp_path / "e.json"
+    path.write_text(text, encoding="utf-8")
+    assert list(iter_json_records(str(path))) == []
+
+
+def test_json_array_records_across_chunk_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(rawdata, "_CHUNK", 64)
+    records = [sharegpt_record(("human", "q" * (i * 7)), ("gpt", "ü" * i), id=f"r{i}") for i in range(40)]
+    path = write_json(tmp_path / "big.json", records)
+    got = list(iter_json_records(str(path)))
+    assert [json.loads(text) for text, _ in got] == records
+    assert [loc for _, loc in got] == list(range(40))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[{"a": 1}\n{"b": 2}]', "record 1 (line 2): expected ',' or ']' between records, found '{'"),
+        ('[{"a": 1},\n{"b": 2,}]', "record 1 (line 2): bad JSON: Expecting property name enclosed in double quotes"),
+        ('[{"a": 1},\n{"b": 2}', "record 2 (line 2): the file ends inside the JSON array (missing ']')"),
+        ('[{"a": 1},\n', "record 1 (line 2): the file ends after ','"),
+        ('[\n\n{"a": tru}]', "record 0 (line 3): bad JSON: Expecting value"),
+    ],
+)
+def test_json_array_syntax_errors_name_file_record_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        list(iter_json_records(str(path)))
+    assert str(info.value) == f"{path}: {message}"
+
+
+# --------------------------------------------------------------------------- load_local: each kind
+def test_load_jsonl_file(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    raw = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert raw.is_raw_json and rows(raw) == RECORDS
+    assert raw.dataset[LOC_COLUMN] == [1, 2, 3]
+    assert (raw.origin, raw.where, raw.attempts) == (str(path), f"{path} line {{loc}}", [])
+
+
+def test_load_json_array_file(tmp_path):
+    path = write_json(tmp_path / "s.json", RECORDS)
+    raw = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert raw.is_raw_json and rows(raw) == RECORDS
+    assert raw.dataset[LOC_COLUMN] == [0, 1, 2]
+    assert raw.where == f"{path} record {{loc}}"
+
+
+def test_load_json_lines_saved_as_dot_json(tmp_path):
+    path = write_jsonl(tmp_path / "lines.json", RECORDS)
+    raw = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert rows(raw) == RECORDS and raw.where == f"{path} line {{loc}}"
+
+
+def test_records_of_any_shape_survive_json_loading(tmp_path):
+    # Arrow needs one schema; raw dumps do not have one. The raw text is kept as is.
+    mixed = [{"conversations": [{"from": "human", "value": "Q"}]}, {"conversations": "oops", "extra": [1, "x"]}, [1, 2]]
+    path = write_jsonl(tmp_path / "mixed.jsonl", mixed)
+    assert rows(load_local(LOCAL, str(path), tmp_path / "cache")) == mixed
+
+
+def test_load_parquet_file(tmp_path):
+    import datasets
+
+    path = tmp_path / "u.parquet"
+    datasets.Dataset.from_list(RECORDS).to_parquet(str(path))
+    raw = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert not raw.is_raw_json and rows(raw) == RECORDS
+    assert (raw.origin, raw.where) == (str(path), f"{path} row {{row}}")
+
+
+def test_load_save_to_disk_folder(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(folder))
+    raw = load_local(ULTRA, str(folder), tmp_path / "cache")
+    assert not raw.is_raw_json and rows(raw) == RECORDS
+    assert raw.where == f"{folder} row {{row}}"
+
+
+def test_load_save_to_disk_dataset_dict_picks_the_sources_split(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved_dict"
+    datasets.DatasetDict(
+        {
+            "test_sft": datasets.Dataset.from_list(RECORDS[:1]),
+            "train_sft": datasets.Dataset.from_list(RECORDS),
+        }
+    ).save_to_disk(str(folder))
+    assert rows(load_local(ULTRA, str(folder), tmp_path / "cache")) == RECORDS
+    with pytest.raises(UserError) as info:
+        load_local(LOCAL, str(folder), tmp_path / "cache")
+    assert str(info.value) == f"{folder}: holds splits test_sft, train_sft; none is 'train'"
+
+
+def test_load_folder_of_json_files_in_name_order(tmp_path):
+    folder = tmp_path / "dump"
+    write_jsonl(folder / "b.jsonl", RECORDS[1:])
+    write_json(folder / "a.json", RECORDS[:1])
+    (folder / ".hidden.json").write_text("not json", encoding="utf-8")
+    (folder / "README.md").write_text("# notes", encoding="utf-8")
+    raw = load_local(ULTRA, str(folder), tmp_path / "cache")
+    assert rows(raw) == RECORDS
+    assert raw.where == f"{folder} record {{row}}"
+
+
+def test_load_folder_of_parquet_files(tmp_path):
+    import datasets
+
+    folder = tmp_path / "pq" / "data"
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_list(RECORDS).to_parquet(str(folder / "train_sft-00000-of-00001.parquet"))
+    raw = load_local(ULTRA, str(tmp_path / "pq"), tmp_path / "cache")
+    assert not raw.is_raw_json and rows(raw) == RECORDS
+
+
+def test_load_raw_uses_path_when_given_and_the_hub_otherwise(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    assert rows(load_raw(ULTRA, {"path": str(path)}, tmp_path / "cache")) == RECORDS
+    offline = Source(name="o", description="d", repos=(HubRepo(OFFLINE_REPO),))
+    logged = []
+    with pytest.raises(UserError, match="could not load source 'o' from any of its repositories"):
+        load_raw(offline, {"path": None}, tmp_path / "cache", log=logged.append)
+    assert len(logged) == 1
+
+
+# --------------------------------------------------------------------------- load_local: errors
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(tmp_path / "nope.jsonl"), tmp_path / "cache")
+    assert str(info.value) == f"--source ultrachat:path={tmp_path / 'nope.jsonl'}: no such file or folder"
+
+
+def test_unsupported_file_type(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(path), tmp_path / "cache")
+    assert str(info.value) == (
+        f"--source ultrachat:path={path}: unsupported file type .csv; give a .json, .jsonl or .parquet file, or a folder"
+    )
+
+
+def test_folder_without_data_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(tmp_path / "empty"), tmp_path / "cache")
+    assert str(info.value) == f"--source ultrachat:path={tmp_path / 'empty'}: the folder holds no .json, .jsonl or .parquet file"
+
+
+def test_bad_json_array_is_a_user_error_not_a_traceback(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('[{"id": "a"},\n{"id": "b"}\n{"id": "c"}]', encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_local(LOCAL, str(path), tmp_path / "cache")
+    assert str(info.value) == f"{path}: record 2 (line 3): expected ',' or ']' between records, found '{{'"
+
+
+def test_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"a": "café"}\n'.encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        load_local(LOCAL, str(path), tmp_path / "cache")
+    assert str(info.value) == f"{path}: not UTF-8 text (invalid continuation byte); save the file as UTF-8"
+
+
+# --------------------------------------------------------------------------- caching
+def test_an_edited_file_gets_a_new_fingerprint_and_is_read_again(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    first = load_local(ULTRA, str(path), tmp_path / "cache")
+    again = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert again.dataset._fingerprint == first.dataset._fingerprint
+    write_jsonl(path, RECORDS[:2])
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    edited = load_local(ULTRA, str(path), tmp_path / "cache")
+    assert edited.dataset._fingerprint != first.dataset._fingerprint
+    assert rows(edited) == RECORDS[:2]
+
+
+def test_same_size_edit_with_a_new_mtime_is_read_again(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", [{"q": "aaa"}])
+    first = load_local(LOCAL, str(path), tmp_path / "cache")
+    stat = os.stat(path)
+    write_jsonl(path, [{"q": "bbb"}])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    edited = load_local(LOCAL, str(path), tmp_path / "cache")
+    assert edited.dataset._fingerprint != first.dataset._fingerprint
+    assert rows(edited) == [{"q": "bbb"}]
+
+
+# --------------------------------------------------------------------------- the Hub, with fallback
+def fallback_plugin(folder: Path):
+    """A test plugin whose source's primary repository cannot load offline and whose
+    second 'repository' is a local folder (datasets.load_dataset takes a folder path)."""
+    module = types.ModuleType("fallback_plugin")
+
+    @hookimpl
+    def register_sources(register):
+        register(
+            Source(
+                name="fallback",
+                description="primary on the Hub (offline in tests), then a local folder",
+                repos=(HubRepo(OFFLINE_REPO), HubRepo(str(folder), split="train")),
+            )
+        )
+
+    @hookimpl
+    def convert_to_unified(record):
+        return [{"from": "human", "value": record["q"]}, {"from": "gpt", "value": record["a"]}]
+
+    module.register_sources, module.convert_to_unified = register_sources, convert_to_unified
+    return module
+
+
+def test_hub_fallback_to_the_second_repository_logs_the_failed_one(tmp_path):
+    folder = tmp_path / "mirror"
+    write_jsonl(folder / "data.jsonl", [{"q": "Q1", "a": "A1"}, {"q": "Q2", "a": "A2"}])
+    registry = load_registry(entry_points=False, extra_plugins=[("fallback", fallback_plugin(folder))])
+    logged = []
+    raw = load_hub(registry.source("fallback"), tmp_path / "cache", log=logged.append)
+    primary_error = "ConnectionError: Couldn't reach 'eagle3kit-tests/no-such-dataset' on the Hub (OfflineModeIsEnabled)"
+    assert logged == [f"source fallback: could not load {OFFLINE_REPO} [train]: {primary_error}"]
+    assert raw.attempts == [
+        {"repo": f"{OFFLINE_REPO} [train]", "error": primary_error},
+        {"repo": f"{folder} [train]", "error": ""},
+    ]
+    assert (raw.origin, raw.where) == (f"{folder} [train]", f"{folder} row {{row}}")
+    assert rows(raw) == [{"q": "Q1", "a": "A1"}, {"q": "Q2", "a": "A2"}]
+
+
+def test_hub_all_repositories_fail_lists_every_attempt_and_suggests_path(tmp_path):
+    source = Source(
+        name="nowhere",
+        description="d",
+        repos=(HubRepo(OFFLINE_REPO), HubRepo(str(tmp_path / "missing"), split="train_sft", data_files=("x.json", "y.json"))),
+    )
+    logged = []
+    with pytest.raises(UserError) as info:
+        load_hub(source, tmp_path / "cache", log=logged.append)
+    assert str(info.value) == (
+        "could not load source 'nowhere' from any of its repositories:\n"
+        f"  - {OFFLINE_REPO} [train]: ConnectionError: Couldn't reach '{OFFLINE_REPO}' on the Hub (OfflineModeIsEnabled)\n"
+        f"  - {tmp_path / 'missing'} [train_sft] (x.json, y.json): FileNotFoundError: "
+        f"Couldn't find any data file at {tmp_path / 'missing'}.\n"
+        "Check the network (HF_HUB_OFFLINE, HF_ENDPOINT), or download a copy and pass --source nowhere:path=FILE_OR_DIR"
+    )
+    assert len(logged) == 2
+
+
+def test_hub_arguments_passed_to_load_dataset(tmp_path):
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) == 1:
+            raise RuntimeError("first fails\nsecond line not shown")
+        return ["row"]
+
+    source = Source(
+        name="s",
+        description="d",
+        repos=(
+            HubRepo("org/a", split="train_sft", revision="abc123", name="cfg"),
+            HubRepo("org/b", data_files=("f1.json", "f2.json")),
+        ),
+    )
+    logged = []
+    raw = load_hub(source, tmp_path / "cache", log=logged.append, load_dataset=fake_load_dataset)
+    cache = str(tmp_path / "cache" / "hub")
+    assert calls == [
+        (("org/a", "cfg"), {"split": "train_sft", "data_files": None, "revision": "abc123", "cache_dir": cache}),
+        (("org/b", None), {"split": "train", "data_files": ["f1.json", "f2.json"], "revision": None, "cache_dir": cache}),
+    ]
+    assert logged == ["source s: could not load org/a [train_sft]: RuntimeError: first fails"]
+    assert raw.dataset == ["row"] and raw.origin == "org/b [train] (f1.json, f2.json)"
+
+
+def test_source_without_repositories_needs_a_path(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_hub(LOCAL, tmp_path / "cache")
+    assert str(info.value) == "source 'local' has no Hub repository; give a local copy with --source local:path=FILE"
