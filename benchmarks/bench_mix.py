@@ -172,22 +172,25 @@ def baseline(ultra_path: str, share_path: str, out: str, test_ratio: float = 0.0
 
 
 # --------------------------------------------------------------------------- measuring
-def _tree_rss_kb(root: int) -> int:
-    """Sum of VmRSS over ``root`` and all its descendants (Linux /proc)."""
+def _tree_rss_kb(root: int) -> tuple[int, int]:
+    """Sums of VmRSS and of RssAnon (private memory, no mapped files) over ``root`` and
+    all its descendants (Linux /proc)."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+    rss: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as f:
-                ppid, vm = 0, 0
+                ppid, vm, anon = 0, 0, 0
                 for line in f:
                     if line.startswith("PPid:"):
                         ppid = int(line.split()[1])
                     elif line.startswith("VmRSS:"):
                         vm = int(line.split()[1])
-            parents[int(entry)], rss[int(entry)] = ppid, vm
+                    elif line.startswith("RssAnon:"):
+                        anon = int(line.split()[1])
+            parents[int(entry)], rss[int(entry)] = ppid, (vm, anon)
         except (OSError, ValueError):
             continue
     tree, frontier = {root}, [root]
@@ -197,12 +200,13 @@ def _tree_rss_kb(root: int) -> int:
             if parent == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(rss.get(pid, 0) for pid in tree)
+    return sum(rss.get(pid, (0, 0))[0] for pid in tree), sum(rss.get(pid, (0, 0))[1] for pid in tree)
 
 
 def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
     """Run ``command`` in a fresh wrapper process so getrusage(RUSAGE_CHILDREN) covers it alone."""
     wrapper = [sys.executable, str(HERE), "--measure-child", str(log), "--", *command]
+    os.sync()  # the previous run's writes are flushed now, not throttling this run
     done = subprocess.run(wrapper, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(command)}\n{done.stderr}\n(see {log})")
@@ -210,7 +214,7 @@ def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
 
 
 def _measure_child(log: str, command: list[str]) -> None:
-    peak = [0]
+    peak = [0, 0]
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -218,7 +222,8 @@ def _measure_child(log: str, command: list[str]) -> None:
 
         def sample():
             while not stop.is_set():
-                peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+                total, anon = _tree_rss_kb(proc.pid)
+                peak[0], peak[1] = max(peak[0], total), max(peak[1], anon)
                 stop.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -229,7 +234,7 @@ def _measure_child(log: str, command: list[str]) -> None:
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"rc": code, "wall_s": wall, "max_rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": peak[0] / 1024,
-                      "cpu_s": usage.ru_utime + usage.ru_stime}))
+                      "tree_anon_mb": peak[1] / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
     sys.exit(code)
 
 
@@ -330,17 +335,21 @@ def main(argv: list[str] | None = None) -> None:
         manifest = json.loads((outputs["eagle3kit mix"] / "manifest.json").read_text())
         print()
         print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{time.strftime('%Y-%m-%d')}; records: {n:,} ({size:,.0f} MB raw); repeats: {args.repeats} (median)")
+              f"{time.strftime('%Y-%m-%d')}; records: {n:,} ({size:,.0f} MB raw); repeats: {args.repeats} (median); "
+              f"load average at the end: {os.getloadavg()[0]:.1f}")
         print(f"mix wrote {manifest['split']['train']:,} train + {manifest['split']['test']:,} test conversations; "
               f"outputs identical to the baseline's: {'yes' if same else 'NO'}")
-        header = f"{'':<16}{'records/s':>12}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>13}{'tree RSS MB':>13}{'vs baseline':>13}"
+        header = (f"{'':<16}{'records/s':>12}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>13}{'tree RSS MB':>13}"
+                  f"{'tree anon MB':>14}{'vs baseline':>13}")
         print(header)
         base_wall = statistics.median(m["wall_s"] for m in runs["baseline"])
         for name, measured in runs.items():
             wall = statistics.median(m["wall_s"] for m in measured)
             print(f"{name:<16}{n / wall:>12,.0f}{wall:>10.1f}{statistics.median(m['cpu_s'] for m in measured):>10.1f}"
                   f"{max(m['max_rss_mb'] for m in measured):>13,.0f}{max(m['tree_rss_mb'] for m in measured):>13,.0f}"
-                  f"{base_wall / wall:>12.2f}x")
+                  f"{max(m['tree_anon_mb'] for m in measured):>14,.0f}{base_wall / wall:>12.2f}x")
+        print("peak RSS: largest single process (getrusage); tree RSS: largest sum over the process tree, "
+              "sampled every 0.1 s; tree anon: the same for private memory only (RssAnon, no mapped files)")
         if args.phases:
             print("\nphases of eagle3kit mix (in-process, cold cache):")
             for name, seconds in phases(ultra, share, work, args.num_proc):

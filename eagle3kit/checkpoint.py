@@ -102,7 +102,7 @@ def servable_config(config, extra: dict[str, Any] | None = None) -> dict[str, An
     return data
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``, replacing an older ``final`` (the old one is removed last)."""
     old = None
     if final.exists():
@@ -133,7 +133,7 @@ def save_draft(draft, out_dir: str | Path, extra: dict[str, Any] | None = None, 
             tensors[key] = value.contiguous()
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(servable_config(draft.config, extra), indent=2) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

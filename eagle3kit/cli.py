@@ -176,8 +176,9 @@ def _int_list(ctx, param, value):
               help="HF hidden-state indices of the three fused features. Default: 2, N//2, N-3.")
 @click.option("--attention", type=click.Choice(["eager", "flex"]), default=None,
               help="Draft attention kernel. Default: flex on GPU, eager on CPU.")
-@click.option("--target-attention", type=click.Choice(["flex_attention", "sdpa", "eager"]), default=None,
-              help="The target's attn_implementation. Default: flex_attention on GPU, sdpa on CPU.")
+@click.option("--target-attention", type=click.Choice(["flex", "flex_attention", "sdpa", "eager"]), default=None,
+              help="The target's attention: flex (eagle3kit's compiled block-sparse kernel, default on GPU), "
+                   "or a transformers attn_implementation (sdpa is the default on CPU).")
 @click.option("--checkpoint-activations", is_flag=True,
               help="Recompute each TTT step in the backward pass (non-reentrant): less memory, more compute.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default=None,
@@ -269,7 +270,9 @@ def eval_(**options):
 @click.option("--to", "fmt", type=click.Choice(["sglang", "vllm", "speculators"]), default=None,
               help="Target serving format.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder to write.")
-@click.option("--basepath", default=None, help="The target model's name (the speculators format records it as the verifier).")
+@click.option("--basepath", default=None,
+              help="The target model: its name is recorded as the speculators verifier; a local folder (or a cached "
+                   "Hub id) is also compared with the draft (sizes, vocabulary, rope, max positions).")
 @click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=5, show_default=True,
               help="Draft length recorded in the speculators format.")
 @click.option("--check", "check_only", is_flag=True, help="Only validate DRAFT_DIR and name each problem.")
@@ -278,11 +281,23 @@ def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only
     from eagle3kit.export import check_command, export_command
 
     if check_only:
-        check_command(draft_dir)
+        check_command(draft_dir, fmt=fmt, basepath=basepath)
     else:
         if fmt is None or out_dir is None:
             raise click.UsageError("give --to FORMAT and --out DIR, or --check")
         export_command(draft_dir, fmt, out_dir, basepath=basepath, num_speculative_tokens=num_speculative_tokens)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("./eagle3kit-demo"),
+              show_default=True, help="Folder for the data, the tiny target, the checkpoints and the report.")
+def demo(out):
+    """The whole path on the bundled samples, on a CPU in a few minutes: mix, build a tiny
+    target, train a draft, measure its acceptance length."""
+    from eagle3kit.demo import run_demo
+    from eagle3kit.ui import RichUI
+
+    run_demo(out, RichUI())
 
 
 def main():

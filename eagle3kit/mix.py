@@ -27,7 +27,7 @@ from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text, remove_quietly
 from eagle3kit.errors import RecordError, UserError
 from eagle3kit.plugins import Converter, Registry, converter_for
-from eagle3kit.rawdata import LOC_COLUMN, RAW_COLUMN, RawData, load_raw
+from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
 from eagle3kit.sourcespec import SourceSpec, resolve_options
 from eagle3kit.ui import UI
 from eagle3kit.unified import (
@@ -52,11 +52,21 @@ _WRITE_BATCH = 8192
 
 
 def convert_batch(
-    batch: dict[str, list], indices: list[int], *, converter: Converter, raw_json: bool, where: str
+    batch: dict[str, list],
+    indices: list[int],
+    *,
+    converter: Converter,
+    raw_json: bool,
+    where: str,
+    files: Sequence[tuple[str, int, int]] = (),
 ) -> dict[str, list]:
-    """Convert one batch of raw rows: the function ``datasets.map`` runs in the workers."""
+    """Convert one batch of raw rows: the function ``datasets.map`` runs in the workers.
+
+    ``raw_json``: the batch indexes records of JSON ``files`` (byte ranges, read here);
+    otherwise its rows are the records.
+    """
     if raw_json:
-        rows: Sequence[Any] = batch[RAW_COLUMN]
+        rows: Sequence[Any] = read_records(files, batch[FILE_COLUMN], batch[START_COLUMN], batch[LENGTH_COLUMN])
         locs = batch[LOC_COLUMN]
     else:
         names = list(batch)
@@ -67,7 +77,7 @@ def convert_batch(
         record_id = f"{converter.source}_{index}"
         text, key, status, error = "", b"", KEPT, None
         try:
-            record = json.loads(row) if raw_json else row
+            record = _parse_json(row) if raw_json else row
             if not isinstance(record, dict):
                 raise ValueError(f"the record is a JSON {type(record).__name__}, expected an object")
             messages = converter(record)
@@ -77,10 +87,6 @@ def convert_batch(
             if conversation is not None:
                 conv_text = conversation_json(conversation)
                 text, key = record_json(record_id, conv_text), conversation_key(conv_text)
-        except json.JSONDecodeError as exc:
-            # a JSON-lines row keeps its newline: an error at the end of the row is past the last character
-            column = min(exc.pos, len(row.rstrip("\r\n"))) + 1
-            status, error = INVALID, f"{where.format(loc=loc, row=index)}: bad JSON: {exc.msg} (column {column})"
         except Exception as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
             status, error = INVALID, f"{where.format(loc=loc, row=index)}: {_describe(exc)}"
         out["id"].append(record_id)
@@ -89,6 +95,20 @@ def convert_batch(
         out["status"].append(status)
         out["error"].append(error)
     return out
+
+
+def _parse_json(data: bytes) -> Any:
+    """One raw JSON record; RecordError saying what is wrong when it cannot be read."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"not UTF-8 text ({exc.reason})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        # the place as a column of the record's (first) line; at most just past its end
+        column = min(exc.pos, len(text.split("\n", 1)[0].rstrip("\r"))) + 1
+        raise RecordError(f"bad JSON: {exc.msg} (column {column})") from None
 
 
 def _describe(error: Exception) -> str:
@@ -192,7 +212,7 @@ def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int 
             with_indices=True,
             remove_columns=dataset.column_names,
             features=_features(),
-            fn_kwargs={"converter": converter, "raw_json": run.raw.is_raw_json, "where": run.raw.where},
+            fn_kwargs={"converter": converter, "raw_json": run.raw.is_raw_json, "where": run.raw.where, "files": run.raw.files},
             num_proc=num_proc,
             new_fingerprint=fingerprint,
             cache_file_name=str(target / f"{run.name}-{fingerprint}.arrow"),
@@ -295,29 +315,141 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _write_split(path: Path, chunks: list, offsets, order) -> dict[str, Any]:
-    """Stream the JSON lines at ``order`` (global row numbers) into ``path`` atomically."""
-    import numpy as np
-    import pyarrow as pa
+class _JsonColumn:
+    """The converted ``json`` column of every source, read by global row number.
+
+    The rows are read from the converted Arrow files with ``pread``, at byte ranges found
+    by one sequential pass over the files' IPC messages. Gathering rows in a random
+    order through memory maps would touch (and keep resident) nearly every page of the
+    files; reading copies only the lines asked for, so the peak RSS of writing stays at
+    one batch whatever the size of the mix. A dataset not laid out as expected (in
+    memory, a view, compressed) is read through its Arrow table instead.
+    """
+
+    def __init__(self, runs: Sequence["SourceRun"]):
+        import numpy as np
+
+        self._fds: list[int] = []
+        self._table_chunks = None
+        try:
+            begins, lengths, fds = [], [], []
+            for run in runs:
+                for b, n, fd in self._index(run):
+                    begins.append(b)
+                    lengths.append(n)
+                    fds.append(np.full(len(b), fd, dtype=np.int32))
+        except _NotIndexable:
+            self.close()
+            self._table_chunks = [c for run in runs for c in run.converted.data.table.column("json").chunks]
+            self._starts = np.cumsum([0] + [len(c) for c in self._table_chunks])[:-1]
+            return
+        except BaseException:
+            self.close()
+            raise
+        self._begin = np.concatenate(begins) if begins else np.zeros(0, np.int64)
+        self._length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self._fd = np.concatenate(fds) if fds else np.zeros(0, np.int32)
+
+    def _index(self, run: "SourceRun"):
+        """Per record batch of ``run``'s cache files: (file offset of each row, its length, fd)."""
+        import numpy as np
+        import pyarrow as pa
+
+        files = [f["filename"] for f in run.converted.cache_files]
+        if not files or run.converted._indices is not None:
+            raise _NotIndexable
+        out, rows = [], 0
+        for name in files:
+            fd = os.open(name, os.O_RDONLY)
+            self._fds.append(fd)
+            stream = pa.OSFile(name)
+            try:
+                schema = pa.ipc.read_schema(pa.ipc.read_message(stream))
+                column = schema.get_field_index("json")
+                while True:
+                    try:
+                        message = pa.ipc.read_message(stream)
+                    except EOFError:
+                        break
+                    body_start = stream.tell() - message.body.size
+                    array = pa.ipc.read_record_batch(message, schema).column(column)
+                    if not pa.types.is_large_string(array.type) or array.null_count:
+                        raise _NotIndexable
+                    data = array.buffers()[2]
+                    at = data.address - message.body.address if data is not None else 0
+                    if data is not None and not (0 <= at and at + data.size <= message.body.size):
+                        raise _NotIndexable  # not a zero-copy slice of the message (compressed?)
+                    bounds = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+                    out.append((body_start + at + bounds[:-1], np.diff(bounds), fd))
+                    rows += len(array)
+            finally:
+                stream.close()
+        if rows != len(run.converted):
+            raise _NotIndexable
+        return out
+
+    def lines(self, rows) -> bytes:
+        """The JSON lines at global ``rows``, in that order, each followed by a newline."""
+        if self._table_chunks is not None:
+            return self._lines_from_table(rows)
+        pieces = [
+            os.pread(fd, n, at)
+            for fd, n, at in zip(self._fd[rows].tolist(), self._length[rows].tolist(), self._begin[rows].tolist())
+        ]
+        if sum(map(len, pieces)) != int(self._length[rows].sum()):
+            raise OSError("a converted cache file is shorter than its index: was it changed during the mix?")
+        return b"\n".join(pieces) + b"\n" if pieces else b""
+
+    def _lines_from_table(self, rows) -> bytes:
+        import numpy as np
+        import pyarrow as pa
+
+        chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
+        lines: list[str] = [""] * len(rows)
+        for c in np.unique(chunk_of):
+            at = np.nonzero(chunk_of == c)[0]
+            for j, value in zip(at, self._table_chunks[c].take(pa.array(rows[at] - self._starts[c])).to_pylist()):
+                lines[j] = value
+        return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+class _NotIndexable(Exception):
+    pass
+
+
+def _write_split(path: Path, column: _JsonColumn, order) -> dict[str, Any]:
+    """Stream the JSON lines at ``order`` (global row numbers) into ``path`` atomically.
+
+    A thread hashes and writes each batch while the next one is read (both release the
+    GIL), in order; at most two batches are in memory.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     size = 0
     try:
         with open(tmp, "wb") as f:
-            for start in range(0, len(order), _WRITE_BATCH):
-                idx = order[start : start + _WRITE_BATCH]
-                chunk_of = np.searchsorted(offsets, idx, side="right") - 1
-                lines: list[str] = [""] * len(idx)
-                for c in np.unique(chunk_of):
-                    at = np.nonzero(chunk_of == c)[0]
-                    values = chunks[c].take(pa.array(idx[at] - offsets[c])).to_pylist()
-                    for j, value in zip(at, values):
-                        lines[j] = value
-                data = ("\n".join(lines) + "\n").encode("utf-8")
+
+            def put(data: bytes) -> None:
                 digest.update(data)
-                size += len(data)
                 f.write(data)
+
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                pending = None
+                for start in range(0, len(order), _WRITE_BATCH):
+                    data = column.lines(order[start : start + _WRITE_BATCH])
+                    if pending is not None:
+                        pending.result()  # the previous batch is written (or its error raised) first
+                    pending = writer.submit(put, data)
+                    size += len(data)
+                if pending is not None:
+                    pending.result()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -388,15 +520,8 @@ def run_mix(
         chosen.append(rows)
 
     # global row number = offset of the source's table + row in it
-    chunks, chunk_offsets, base = [], [], 0
-    source_offsets = []
-    for i, run in enumerate(runs):
-        source_offsets.append(base)
-        for chunk in run.converted.data.table.column("json").chunks:
-            chunks.append(chunk)
-            chunk_offsets.append(base)
-            base += len(chunk)
-    rows_global = np.concatenate([rows + off for rows, off in zip(chosen, source_offsets)]) if chosen else np.zeros(0, np.int64)
+    source_offsets = np.cumsum([0] + [len(run.converted) for run in runs])[:-1]
+    rows_global = np.concatenate([rows + off for rows, off in zip(chosen, source_offsets)]).astype(np.int64)
     source_index = np.concatenate([np.full(len(rows), i) for i, rows in enumerate(chosen)])
     total = len(rows_global)
     if total == 0:
@@ -408,14 +533,17 @@ def run_mix(
         run.test = int(np.sum(source_index[test_order] == i))
         run.train = run.used - run.test
 
-    offsets = np.asarray(chunk_offsets, dtype=np.int64)
     remove_quietly(out / MANIFEST)  # from here on the folder is not a complete mix
-    with ui.progress("writing", total=total) as task:
-        files = {}
-        files[TRAIN_FILE] = _write_split(out / TRAIN_FILE, chunks, offsets, rows_global[train_order])
-        task.update(advance=len(train_order))
-        files[TEST_FILE] = _write_split(out / TEST_FILE, chunks, offsets, rows_global[test_order])
-        task.update(advance=len(test_order))
+    column = _JsonColumn(runs)
+    try:
+        with ui.progress("writing", total=total) as task:
+            files = {}
+            files[TRAIN_FILE] = _write_split(out / TRAIN_FILE, column, rows_global[train_order])
+            task.update(advance=len(train_order))
+            files[TEST_FILE] = _write_split(out / TEST_FILE, column, rows_global[test_order])
+            task.update(advance=len(test_order))
+    finally:
+        column.close()
 
     manifest = {
         "eagle3kit_version": __version__,

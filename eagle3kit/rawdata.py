@@ -8,26 +8,34 @@ Two ways in:
   JSON lines), ``.parquet``, a ``save_to_disk`` folder, or a folder laid out like the
   Hub repository.
 
-JSON files are read by a streaming reader into a dataset of raw JSON texts
-(:data:`RAW_COLUMN`, :data:`LOC_COLUMN`), written to Arrow in batches: memory stays
-flat whatever the file size, and records of any shape survive (Arrow needs one schema;
-raw ShareGPT dumps do not have one). Conversion parses each text in the workers.
+JSON files are not copied: a streaming pass (vectorised for JSON lines, the C JSON
+scanner for arrays) indexes each record's byte range, and conversion reads the bytes
+back from the file in the workers (:func:`read_records`). Memory stays flat whatever
+the file size, nothing but a small index is written, and records of any shape survive
+(Arrow needs one schema; raw ShareGPT dumps do not have one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from eagle3kit.errors import UserError
 from eagle3kit.types import HubRepo, Source
 
-RAW_COLUMN = "__raw_json__"
+#: Columns of a dataset indexing JSON files: which file, where its record's bytes are, and
+#: the record's place for messages (1-based line for JSON lines, 0-based index in an array).
+FILE_COLUMN = "__file__"
+START_COLUMN = "__start__"
+LENGTH_COLUMN = "__length__"
 LOC_COLUMN = "__loc__"
 _CHUNK = 1 << 20
+#: Bytes of a JSON-lines file read (and turned into one Arrow batch) at a time.
+_BLOCK = 1 << 25
 
 
 @dataclass
@@ -39,10 +47,13 @@ class RawData:
     #: how to name a record's place in messages: "{origin} line {loc}" and the like
     where: str
     attempts: list[dict[str, str]] = field(default_factory=list)
+    #: for JSON files: ``(path, size, mtime_ns)`` of each file the dataset's byte ranges point into
+    files: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def is_raw_json(self) -> bool:
-        return RAW_COLUMN in self.dataset.column_names
+        """True when the dataset indexes JSON files (read with :func:`read_records`) rather than holding rows."""
+        return START_COLUMN in self.dataset.column_names
 
 
 # --------------------------------------------------------------------------- JSON files
@@ -59,7 +70,7 @@ def iter_json_records(path: str) -> Iterator[tuple[str, int]]:
     so the whole file is never in memory. Raises UserError naming the file and place
     of a syntax error in an array (JSON-lines records are checked when converted).
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         head = f.read(_CHUNK)
         stripped = head.lstrip().lstrip("\ufeff").lstrip()
         if not stripped:
@@ -70,23 +81,31 @@ def iter_json_records(path: str) -> Iterator[tuple[str, int]]:
                 if line.strip():
                     yield line, number
             return
-        yield from _ArrayReader(path, f, head)
+        for text, index, _start in _ArrayReader(path, f, head):
+            yield text, index
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class _ArrayReader:
-    """Streams the records of a JSON array out of an open file, one chunk at a time."""
+    """Streams the records of a JSON array out of an open file, one chunk at a time.
+
+    Yields ``(text, index, byte offset of the record in the file)``. The file must be
+    opened with ``newline=""`` so that characters map to the file's bytes.
+    """
 
     def __init__(self, path: str, f, head: str):
         self.path, self.f, self.buf = path, f, head
         self.pos = head.index("[") + 1
-        self.consumed = 0  # characters of the file before buf[0]
+        self.bpos = _utf8_len(head[: self.pos])  # byte offset in the file of buf[pos]
         self.eof = False
         self.decoder = json.JSONDecoder()
 
     def _more(self, at_least: int = _CHUNK) -> bool:
         chunk = self.f.read(max(at_least, _CHUNK))
         self.eof = not chunk
-        self.consumed += self.pos
         self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         return bool(chunk)
 
@@ -95,16 +114,17 @@ class _ArrayReader:
         while True:
             while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
                 self.pos += 1
+                self.bpos += 1
             if self.pos < len(self.buf):
                 return True
             if not self._more():
                 return False
 
     def _error(self, index: int, problem: str, at: int) -> UserError:
-        offset = len(self.buf[:at].encode("utf-8")) + self.consumed  # exact for ASCII files
+        offset = self.bpos + _utf8_len(self.buf[self.pos : at])
         return UserError(f"{self.path}: record {index} (line {_line_of(self.path, offset)}): {problem}")
 
-    def __iter__(self) -> Iterator[tuple[str, int]]:
+    def __iter__(self) -> Iterator[tuple[str, int, int]]:
         index = 0
         while True:
             if not self._skip_space():
@@ -116,6 +136,7 @@ class _ArrayReader:
                 if char != ",":
                     raise self._error(index, f"expected ',' or ']' between records, found {char!r}", self.pos)
                 self.pos += 1
+                self.bpos += 1
                 if not self._skip_space():
                     raise self._error(index, "the file ends after ','", self.pos)
             while True:
@@ -125,48 +146,155 @@ class _ArrayReader:
                 except json.JSONDecodeError as error:
                     if self.eof or not self._more(len(self.buf)):
                         raise self._error(index, f"bad JSON: {error.msg}", error.pos) from None
-            yield self.buf[self.pos : end], index
+            text = self.buf[self.pos : end]
+            yield text, index, self.bpos
             index += 1
             self.pos = end
+            self.bpos += _utf8_len(text)
             if self.pos > _CHUNK:
-                self._drop_consumed()
-
-    def _drop_consumed(self) -> None:
-        self.consumed += self.pos
-        self.buf, self.pos = self.buf[self.pos :], 0
+                self.buf, self.pos = self.buf[self.pos :], 0
 
 
-def _raw_json_generator(paths: list[str], size: int, mtime_ns: int) -> Iterator[dict[str, Any]]:
-    # size and mtime_ns are not used here: they are in the cache fingerprint, so that an
-    # edited file is read again.
-    for path in paths:
-        try:
-            for text, loc in iter_json_records(path):
-                yield {RAW_COLUMN: text, LOC_COLUMN: loc}
-        except UnicodeDecodeError as error:
-            raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
+#: Bump when the index files written below change: they are cached under a name that includes it.
+_RAW_FORMAT = 3
+#: Records per Arrow record batch for JSON arrays (JSON lines are indexed a block at a time).
+_ARRAY_BATCH = 10_000
+
+
+def _json_lines_index(path: str) -> Iterator[tuple[Any, Any, Any]]:
+    """``(starts, lengths, line numbers)`` numpy arrays of the records of a JSON-lines file.
+
+    Vectorised, a block at a time: numpy finds the newlines; a record is a line that is
+    not blank, without its newline. Nothing is decoded here (a line that is not UTF-8 is
+    a malformed record when converted).
+    """
+    import numpy as np
+
+    lines_before = 0
+    with open(path, "rb") as f:
+        position = 3 if f.read(3) == b"\xef\xbb\xbf" else 0  # a byte order mark is not part of a record
+        size = _BLOCK
+        while True:
+            f.seek(position)
+            data = f.read(size)
+            if not data:
+                return
+            at_end = len(data) < size
+            cut = len(data) if at_end else data.rfind(b"\n") + 1
+            if cut == 0:  # no line ends in this block: read a bigger one
+                size *= 2
+                continue
+            raw = np.frombuffer(data, dtype=np.uint8, count=cut)
+            ends = np.flatnonzero(raw == ord("\n"))
+            lines = len(ends)
+            if raw[-1] != ord("\n"):  # the last line of a file without a final newline
+                ends = np.append(ends, cut)
+            starts = np.empty(len(ends), dtype=np.int64)
+            starts[0] = 0
+            starts[1:] = ends[:-1] + 1
+            first = raw[np.minimum(starts, cut - 1)]
+            keep = starts < ends
+            maybe_blank = keep & ((first == ord(" ")) | (first == ord("\t")) | (first == ord("\r")))
+            for i in np.flatnonzero(maybe_blank):  # rare: lines starting with white space
+                keep[i] = bool(data[starts[i] : ends[i]].strip())
+            numbers = np.arange(lines_before + 1, lines_before + 1 + len(starts), dtype=np.int64)
+            yield position + starts[keep], (ends - starts)[keep], numbers[keep]
+            lines_before += lines
+            position += cut
+            size = _BLOCK
+
+
+def _json_array_index(path: str) -> Iterator[tuple[Any, Any, Any]]:
+    """``(starts, lengths, indices)`` numpy arrays of the records of a JSON-array file."""
+    import numpy as np
+
+    starts: list[int] = []
+    lengths: list[int] = []
+    indices: list[int] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        head = f.read(_CHUNK)
+        if head.lstrip().lstrip("\ufeff").lstrip():
+            for text, index, start in _ArrayReader(path, f, head):
+                starts.append(start)
+                lengths.append(_utf8_len(text))
+                indices.append(index)
+                if len(starts) >= _ARRAY_BATCH:
+                    yield np.array(starts), np.array(lengths), np.array(indices)
+                    starts, lengths, indices = [], [], []
+    if starts:
+        yield np.array(starts), np.array(lengths), np.array(indices)
 
 
 def _load_json_files(paths: list[str], cache_dir: Path):
-    import datasets
+    """Index the records of JSON files: a dataset of byte ranges, and the files' identities.
 
-    features = datasets.Features({RAW_COLUMN: datasets.Value("large_string"), LOC_COLUMN: datasets.Value("int64")})
-    stats = [os.stat(p) for p in paths]
-    gen_kwargs = {
-        "paths": [os.path.abspath(p) for p in paths],
-        "size": sum(s.st_size for s in stats),
-        "mtime_ns": max(s.st_mtime_ns for s in stats),
-    }
-    try:
-        return datasets.Dataset.from_generator(
-            _raw_json_generator, features=features, gen_kwargs=gen_kwargs, cache_dir=str(cache_dir / "raw")
+    The records are not copied: the dataset holds, per record, the file, the byte range
+    and the place for messages (:data:`FILE_COLUMN`, :data:`START_COLUMN`,
+    :data:`LENGTH_COLUMN`, :data:`LOC_COLUMN`); conversion reads the bytes with
+    :func:`read_records`. The index is written to ``cache_dir/raw`` (a temporary name,
+    renamed when complete) under a name made of the files' paths, sizes and modification
+    times: an edited file is indexed again, an unchanged one is not. The dataset's
+    fingerprint is that name's hash (so it does not depend on ``cache_dir``).
+    """
+    import datasets
+    import pyarrow as pa
+
+    from eagle3kit.atomic import remove_quietly
+
+    files = []
+    for p in paths:
+        st = os.stat(p)
+        files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+    fingerprint = hashlib.sha256(json.dumps([_RAW_FORMAT, files]).encode()).hexdigest()[:16]
+    target = cache_dir / "raw" / f"json-{fingerprint}.arrow"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema(
+            [(FILE_COLUMN, pa.int32()), (START_COLUMN, pa.int64()), (LENGTH_COLUMN, pa.int64()), (LOC_COLUMN, pa.int64())]
         )
-    except datasets.exceptions.DatasetGenerationError as error:
-        # datasets wraps what the generator raised; a UserError (bad JSON array, not
-        # UTF-8) is the message the user must see, not a traceback
-        if isinstance(error.__cause__, UserError):
-            raise error.__cause__ from None
-        raise
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for number, path in enumerate(paths):
+                    index = _json_lines_index(path) if _is_json_lines(Path(path)) else _json_array_index(path)
+                    try:
+                        for starts, lengths, locs in index:
+                            columns = [pa.array([number] * len(starts), pa.int32()), pa.array(starts, pa.int64()),
+                                       pa.array(lengths, pa.int64()), pa.array(locs, pa.int64())]
+                            writer.write_batch(pa.record_batch(columns, schema=schema))
+                    except UnicodeDecodeError as error:
+                        raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
+            os.replace(tmp, target)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+    dataset = datasets.Dataset(datasets.table.MemoryMappedTable.from_file(str(target)), fingerprint=fingerprint)
+    return dataset, tuple(files)
+
+
+def read_records(files: Sequence[tuple[str, int, int]], file_numbers, starts, lengths) -> list[bytes]:
+    """The bytes of the records at ``starts``/``lengths`` in ``files`` (indexed by ``file_numbers``).
+
+    Reads each file's span of the batch with one read. Raises UserError when a file is
+    no longer the one indexed (its size or modification time changed).
+    """
+    out: list[bytes] = [b""] * len(starts)
+    by_file: dict[int, list[int]] = {}
+    for i, number in enumerate(file_numbers):
+        by_file.setdefault(number, []).append(i)
+    for number, rows in by_file.items():
+        path, size, mtime_ns = files[number]
+        low = min(starts[i] for i in rows)
+        high = max(starts[i] + lengths[i] for i in rows)
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                raise UserError(f"{path} changed while it was being mixed (size or modification time); run again")
+            f.seek(low)
+            span = memoryview(f.read(high - low))
+        for i in rows:
+            out[i] = bytes(span[starts[i] - low : starts[i] - low + lengths[i]])
+    return out
 
 
 # --------------------------------------------------------------------------- local copies
@@ -194,11 +322,13 @@ def load_local(source: Source, path: str, cache_dir: Path) -> RawData:
             return RawData(loaded, origin, f"{origin} row {{row}}")
         if not files:
             raise UserError(f"--source {source.name}:path={path}: the folder holds no .json, .jsonl or .parquet file")
-        return RawData(_load_json_files(files, cache_dir), origin, f"{origin} record {{row}}")
+        dataset, indexed = _load_json_files(files, cache_dir)
+        return RawData(dataset, origin, f"{origin} record {{row}}", files=indexed)
     suffix = p.suffix.lower()
     if suffix in (".json", ".jsonl"):
         where = f"{origin} line {{loc}}" if _is_json_lines(p) else f"{origin} record {{loc}}"
-        return RawData(_load_json_files([str(p)], cache_dir), origin, where)
+        dataset, indexed = _load_json_files([str(p)], cache_dir)
+        return RawData(dataset, origin, where, files=indexed)
     if suffix == ".parquet":
         loaded = datasets.load_dataset("parquet", data_files=str(p), split="train", cache_dir=str(cache_dir / "hub"))
         return RawData(loaded, origin, f"{origin} row {{row}}")

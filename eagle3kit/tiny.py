@@ -64,7 +64,7 @@ def tiny_llama_config(vocab_size: int, layers: int = 6, hidden: int = 128, **ove
 
 def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict]], *, style: str = "llama3",
                       steps: int = 120, layers: int = 6, hidden: int = 128, seed: int = 0, batch_size: int = 16,
-                      lr: float = 3e-3, vocab_size: int = 1024, progress=None) -> Path:
+                      lr: float = 3e-3, vocab_size: int = 1024, progress=None, device: str = "cpu") -> Path:
     """Train a tokenizer and a small Llama on ``conversations`` (unified format); save both
     to ``out_dir``. Returns ``out_dir``. ``progress(step, loss)`` is called as it trains."""
     import torch
@@ -78,7 +78,7 @@ def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict
     tokenizer = build_tokenizer(conversation_texts(conversations), style=style, vocab_size=vocab_size)
     rows = [tokenizer.apply_chat_template(to_messages(c), tokenize=True, add_generation_prompt=False) for c in conversations]
     rows = [r["input_ids"] if isinstance(r, dict) or hasattr(r, "keys") else r for r in rows]
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), layers=layers, hidden=hidden))
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), layers=layers, hidden=hidden)).to(device)
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -95,6 +95,7 @@ def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict
         for i, r in enumerate(batch):
             ids[i, : len(r)] = torch.tensor(r)
             labels[i, : len(r)] = torch.tensor(r)
+        ids, labels = ids.to(device), labels.to(device)
         loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,7 +104,7 @@ def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict
         optimizer.zero_grad(set_to_none=True)
         if progress is not None:
             progress(step, float(loss.detach()))
-    model.eval()
+    model.eval().to("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

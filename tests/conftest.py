@@ -125,3 +125,7 @@ def console_script() -> Path:
     script = Path(sys.executable).parent / "eagle3kit"
     assert script.exists(), f"eagle3kit is not installed in {sys.prefix}: pip install -e ."
     return script
+
+
+# --------------------------------------------------------------------------- trainer fixtures
+from train_fixtures import mixed_data, tiny_target, trained_run  # noqa: E402,F401

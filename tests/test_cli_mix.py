@@ -285,6 +285,9 @@ def test_console_script_error_exit_status(console_script, tmp_path):
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
     """The example plugin pip-installed (offline, from a copy) into a folder of its own."""
+    import importlib.util
+
+    assert importlib.util.find_spec("setuptools"), "building the example plugin offline needs setuptools: pip install setuptools"
     root = tmp_path_factory.mktemp("example")
     source = root / "src"
     shutil.copytree(PLUGIN_EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))

@@ -313,6 +313,34 @@ def test_skip_invalid_drops_and_counts_malformed_records(registry, tmp_path):
     assert manifest["skip_invalid"] is True
 
 
+def test_a_json_line_that_is_not_utf8_is_a_malformed_record(registry, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n'
+                     + '{"messages": [{"role": "user", "content": "café"}]}\n'.encode("latin-1"))
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"ultrachat:path={path}")
+    assert f"  - {path} line 2: not UTF-8 text (invalid continuation byte)\n" in str(info.value)
+    manifest = do_mix(registry, tmp_path, f"ultrachat:path={path}", skip_invalid=True, test_ratio=0)
+    assert manifest["sources"][0]["dropped"]["invalid"] == 1 and manifest["sources"][0]["kept"] == 1
+
+
+def test_a_plugin_raising_json_errors_of_its_own_on_arrow_rows(tmp_path):
+    import datasets
+
+    module = types.ModuleType("nested_plugin")
+    module.register_sources = hookimpl(lambda register: register(Source(name="nested", description="d")))
+    module.convert_to_unified = hookimpl(lambda record: json.loads(record["payload"]))
+    registry = load_registry(entry_points=False, extra_plugins=[("nested", module)])
+    path = tmp_path / "n.parquet"
+    datasets.Dataset.from_list([{"payload": '[{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]'},
+                                {"payload": "{oops"}]).to_parquet(str(path))
+    manifest = do_mix(registry, tmp_path, f"nested:path={path}", skip_invalid=True, test_ratio=0)
+    assert manifest["sources"][0]["dropped"]["invalid"] == 1
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"nested:path={path}", out="o2")
+    assert f"  - {path} row 1: JSONDecodeError: Expecting property name enclosed in double quotes" in str(info.value)
+
+
 def test_malformed_array_records_are_named_by_index(registry, tmp_path):
     path = write_json(tmp_path / "s.json", [sharegpt_record(("human", "Q"), ("gpt", "A")), {"id": "x", "conversations": [{"from": "human"}]}])
     with pytest.raises(UserError) as info:
@@ -552,28 +580,28 @@ def test_options_and_settings_are_in_the_fingerprint(registry, tmp_path, small):
     assert do_mix(registry, tmp_path, f"ultrachat:path={small.ultra}")["fingerprint"] == base
 
 
-class _FailingChunks(list):
-    """The converted rows, failing on the ``fail_at``-th read: a write interrupted midway."""
+class _FailingColumn:
+    """The converted rows, failing on the ``fail_at``-th batch read: a write interrupted midway."""
 
-    def __init__(self, chunks, fail_at, error):
-        super().__init__(chunks)
-        self.reads, self.fail_at, self.error = 0, fail_at, error
+    def __init__(self, column, fail_at, error):
+        self.column, self.reads, self.fail_at, self.error = column, 0, fail_at, error
 
-    def __getitem__(self, index):
+    def lines(self, rows):
         self.reads += 1
         if self.reads >= self.fail_at:
             raise self.error
-        return super().__getitem__(index)
+        return self.column.lines(rows)
 
 
 def fail_writing(monkeypatch, file_name, fail_at=3, error=OSError(28, "No space left on device")):
+    """Make writing ``file_name`` fail after ``fail_at - 1`` batches of 2 lines were written."""
     original = mix._write_split
     monkeypatch.setattr(mix, "_WRITE_BATCH", 2)
 
-    def write_split(path, chunks, offsets, order):
+    def write_split(path, column, order):
         if path.name == file_name:
-            chunks = _FailingChunks(chunks, fail_at, error)
-        return original(path, chunks, offsets, order)
+            column = _FailingColumn(column, fail_at, error)
+        return original(path, column, order)
 
     monkeypatch.setattr(mix, "_write_split", write_split)
 
@@ -632,3 +660,42 @@ def test_read_manifest_of_a_folder_without_one(tmp_path):
 def test_default_num_proc():
     assert default_num_proc(19_999) is None
     assert default_num_proc(20_000) == max(1, min(os.cpu_count() or 1, 16))
+
+
+def test_rows_are_read_the_same_through_the_arrow_table(registry, tmp_path, small, monkeypatch):
+    """Writing reads rows from the converted files with pread; a dataset not laid out as
+    expected is read through its Arrow table instead, with the same bytes."""
+    sources = (f"ultrachat:path={small.ultra}", f"sharegpt:path={small.share}")
+    monkeypatch.setattr(mix, "_WRITE_BATCH", 4)
+    fast = do_mix(registry, tmp_path, *sources, out="fast", test_ratio=0.5)
+
+    def not_indexable(self, run):
+        raise mix._NotIndexable
+
+    monkeypatch.setattr(mix._JsonColumn, "_index", not_indexable)
+    slow = do_mix(registry, tmp_path, *sources, out="slow", test_ratio=0.5)
+    assert fast["files"] == slow["files"]
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "slow" / name).read_bytes()
+
+
+def test_json_column_reads_rows_in_any_order_across_sources_and_shards(registry, tmp_path):
+    from eagle3kit.mix import SourceRun, _convert, _JsonColumn
+    from eagle3kit.rawdata import load_raw
+
+    ultra, share = many_records(tmp_path, n=2100)
+    runs = []
+    for name, path in (("ultrachat", ultra), ("sharegpt", share)):
+        run = SourceRun(name, name, "0", {"path": str(path), "limit": None, "weight": None})
+        run.raw = load_raw(registry.source(name), run.options, tmp_path / "cache")
+        _convert(run, registry, tmp_path / "cache", 2, RecordingUI())
+        runs.append(run)
+    assert [len(run.converted.cache_files) for run in runs] == [2, 2]  # two worker shards per source
+    every = [line for run in runs for line in run.converted["json"]]  # global row order
+    rows = np.array([4199, 0, 2100, 1050, 1049, 3000, 7, 2099, 7], dtype=np.int64)
+    column = _JsonColumn(runs)
+    try:
+        assert column.lines(rows) == "".join(every[r] + "\n" for r in rows).encode("utf-8")
+        assert column.lines(rows[:0]) == b""
+    finally:
+        column.close()

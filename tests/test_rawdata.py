@@ -13,7 +13,17 @@ from conftest import sharegpt_record, ultrachat_record, write_json, write_jsonl
 from eagle3kit import HubRepo, Source, UserError, hookimpl
 from eagle3kit import rawdata
 from eagle3kit.plugins import load_registry
-from eagle3kit.rawdata import LOC_COLUMN, RAW_COLUMN, iter_json_records, load_hub, load_local, load_raw
+from eagle3kit.rawdata import (
+    FILE_COLUMN,
+    LENGTH_COLUMN,
+    LOC_COLUMN,
+    START_COLUMN,
+    iter_json_records,
+    load_hub,
+    load_local,
+    load_raw,
+    read_records,
+)
 
 ULTRA = Source(name="ultrachat", description="d", repos=(HubRepo("HuggingFaceH4/ultrachat_200k", split="train_sft"),))
 LOCAL = Source(name="local", description="d")
@@ -22,10 +32,16 @@ OFFLINE_REPO = "eagle3kit-tests/no-such-dataset"
 RECORDS = [ultrachat_record(("user", f"Q{i}"), ("assistant", f"A{i}"), prompt_id=str(i)) for i in range(3)]
 
 
+def texts(raw) -> list[str]:
+    """The texts of the records a JSON-file RawData indexes, read back from the files."""
+    ds = raw.dataset
+    return [b.decode("utf-8") for b in read_records(raw.files, ds[FILE_COLUMN], ds[START_COLUMN], ds[LENGTH_COLUMN])]
+
+
 def rows(raw) -> list[dict]:
     """The records of a loaded RawData as dicts (parsing raw JSON texts)."""
     if raw.is_raw_json:
-        return [json.loads(text) for text in raw.dataset[RAW_COLUMN]]
+        return [json.loads(text) for text in texts(raw)]
     return raw.dataset.to_list()
 
 
@@ -56,6 +72,15 @@ def test_json_array_records_across_chunk_boundaries(tmp_path, monkeypatch):
     got = list(iter_json_records(str(path)))
     assert [json.loads(text) for text, _ in got] == records
     assert [loc for _, loc in got] == list(range(40))
+
+
+def test_json_array_syntax_error_line_counts_bytes_of_multibyte_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(rawdata, "_CHUNK", 16)
+    path = tmp_path / "bad.json"
+    path.write_text('[{"a": "grüße 世界"},\r\n{"b": "ü"},\n\n{"c": "é"}\n{"d": 1}]', encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        list(iter_json_records(str(path)))
+    assert str(info.value) == f"{path}: record 3 (line 5): expected ',' or ']' between records, found '{{'"
 
 
 @pytest.mark.parametrize(
@@ -205,12 +230,78 @@ def test_bad_json_array_is_a_user_error_not_a_traceback(tmp_path):
     assert str(info.value) == f"{path}: record 2 (line 3): expected ',' or ']' between records, found '{{'"
 
 
-def test_a_file_that_is_not_utf8(tmp_path):
+def test_json_lines_are_not_decoded_when_indexed(tmp_path):
+    # a line that is not UTF-8 is one malformed record, found when converted (test_mix.py)
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes('{"a": "café"}\n'.encode("latin-1"))
+    path.write_bytes('{"a": "ok"}\n\n{"a": "café"}\n'.encode("latin-1"))
+    raw = load_local(LOCAL, str(path), tmp_path / "cache")
+    ds = raw.dataset
+    assert read_records(raw.files, ds[FILE_COLUMN], ds[START_COLUMN], ds[LENGTH_COLUMN]) == [
+        b'{"a": "ok"}', '{"a": "café"}'.encode("latin-1")]
+    assert ds[LOC_COLUMN] == [1, 3]
+
+
+def test_a_json_array_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"a": "café"}]'.encode("latin-1"))
     with pytest.raises(UserError) as info:
         load_local(LOCAL, str(path), tmp_path / "cache")
     assert str(info.value) == f"{path}: not UTF-8 text (invalid continuation byte); save the file as UTF-8"
+
+
+# --------------------------------------------------------------------------- JSON lines, block by block
+def test_json_lines_texts_locs_blank_lines_crlf_bom_and_no_final_newline(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\r\n   \n\t{"b": 2}\n\n{"c": "\xc3\xbc"}')
+    raw = load_local(LOCAL, str(path), tmp_path / "cache")
+    assert texts(raw) == ['{"a": 1}\r', '\t{"b": 2}', '{"c": "ü"}']
+    assert raw.dataset[LOC_COLUMN] == [1, 4, 6]
+    assert rows(raw) == [{"a": 1}, {"b": 2}, {"c": "ü"}]
+    st = os.stat(path)
+    assert raw.files == ((str(path), st.st_size, st.st_mtime_ns),)
+    assert raw.dataset.column_names == [FILE_COLUMN, START_COLUMN, LENGTH_COLUMN, LOC_COLUMN]
+
+
+def test_json_lines_across_block_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(rawdata, "_BLOCK", 50)
+    records = [{"i": i, "text": "ä" * (i * 13 % 97)} for i in range(60)]  # some lines longer than a block
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    lines.insert(10, "")
+    lines.insert(30, "  ")
+    path = tmp_path / "blocks.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw = load_local(LOCAL, str(path), tmp_path / "cache")
+    assert rows(raw) == records
+    assert raw.dataset[LOC_COLUMN] == [n for n, line in enumerate(lines, 1) if line.strip()]
+    assert texts(raw) == [line for line in lines if line.strip()]
+
+
+def test_json_array_byte_ranges_with_multibyte_text_crlf_and_bom(tmp_path, monkeypatch):
+    monkeypatch.setattr(rawdata, "_CHUNK", 64)
+    records = [{"id": i, "text": "grüße 世界 " * (i % 7), "turns": [{"x": "]},{"}]} for i in range(30)]
+    body = ",\r\n".join(json.dumps(r, ensure_ascii=False, indent=1).replace("\n", "\r\n") for r in records)
+    path = tmp_path / "array.json"
+    path.write_bytes(b"\xef\xbb\xbf [\r\n" + body.encode("utf-8") + b"\r\n]\r\n")
+    raw = load_local(LOCAL, str(path), tmp_path / "cache")
+    assert rows(raw) == records
+    assert raw.dataset[LOC_COLUMN] == list(range(30))
+    assert [json.loads(t) for t in texts(raw)] == records
+
+
+def test_read_records_refuses_a_file_changed_after_indexing(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    raw = load_local(ULTRA, str(path), tmp_path / "cache")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("{}\n")
+    with pytest.raises(UserError) as info:
+        texts(raw)
+    assert str(info.value) == f"{path} changed while it was being mixed (size or modification time); run again"
+
+
+def test_empty_json_lines_file_gives_no_records(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n  \n", encoding="utf-8")
+    assert len(load_local(LOCAL, str(path), tmp_path / "cache").dataset) == 0
 
 
 # --------------------------------------------------------------------------- caching
@@ -224,6 +315,14 @@ def test_an_edited_file_gets_a_new_fingerprint_and_is_read_again(tmp_path):
     edited = load_local(ULTRA, str(path), tmp_path / "cache")
     assert edited.dataset._fingerprint != first.dataset._fingerprint
     assert rows(edited) == RECORDS[:2]
+
+
+def test_the_raw_fingerprint_does_not_depend_on_the_cache_folder(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    one = load_local(ULTRA, str(path), tmp_path / "cache-1")
+    two = load_local(ULTRA, str(path), tmp_path / "cache-2")
+    assert one.dataset._fingerprint == two.dataset._fingerprint
+    assert one.dataset.cache_files != two.dataset.cache_files
 
 
 def test_same_size_edit_with_a_new_mtime_is_read_again(tmp_path):

@@ -36,17 +36,42 @@ def dense_doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (doc_ids[:, None] == doc_ids[None, :]) & (t[None, :] <= t[:, None])
 
 
-def flex_block_mask(doc_ids: torch.Tensor):
-    """A flex-attention ``BlockMask`` of the document-causal mask (1 batch, all heads)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def flex_block_mask(doc_ids: torch.Tensor, block: int = 128):
+    """A flex-attention ``BlockMask`` of the document-causal mask (1 batch, all heads).
+
+    Built directly from the conversation boundaries with O((T/block)^2) tensor work: no
+    mask function is evaluated over the T x T grid. Conversations are contiguous and in
+    order, so a key block j < i shares a conversation with query block i iff its last
+    conversation is the query block's first, and is fully visible iff all of both blocks
+    is one conversation.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     docs = doc_ids.contiguous()
+    n = docs.numel()
+    nb = -(-n // block)
+    padded = torch.full((nb * block,), int(docs[-1]) + 1, dtype=docs.dtype, device=docs.device)
+    padded[:n] = docs
+    tiles = padded.view(nb, block)
+    first, last = tiles[:, 0], tiles[:, -1]
+    i = torch.arange(nb, device=docs.device)[:, None]
+    j = torch.arange(nb, device=docs.device)[None, :]
+    visible = (j < i) & (last[None, :] == first[:, None]) | (j == i)
+    full = (j < i) & (first[None, :] == last[:, None])
+    partial = visible & ~full
+
+    def table(m: torch.Tensor):
+        counts = m.sum(1).to(torch.int32)
+        order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # selected blocks first
+        return counts[None, None], order[None, None]
 
     def mask_mod(b, h, q, kv):
         return (docs[q] == docs[kv]) & (kv <= q)
 
-    n = docs.numel()
-    return create_block_mask(mask_mod, 1, None, n, n, device=docs.device)
+    kv_num, kv_idx = table(partial)
+    full_num, full_idx = table(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(n, n))
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -71,15 +96,40 @@ def eager_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
 _compiled_flex = None
 
 
+def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, return_lse: bool, scale: float | None = None):
+    """flex attention, compiled once per process on GPU (uncompiled on CPU: slow, forward
+    only, for tests)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda and _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    fn = _compiled_flex if q.is_cuda else flex_attention
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1], return_lse=return_lse, scale=scale)
+
+
 def flex_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Document-causal attention with compiled flex attention. Returns ``(out, lse)``."""
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    out, lse = _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1], return_lse=True)
+    out, lse = flex(q, k, v, block_mask, return_lse=True)
     return out, lse.float()
+
+
+TARGET_FLEX = "eagle3kit_flex"
+
+
+def _hf_flex_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function: our compiled flex kernel with the packed row's
+    ``BlockMask`` (registered as ``attn_implementation="eagle3kit_flex"``)."""
+    out = flex(query, key, value, attention_mask, return_lse=False, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_target_flex() -> str:
+    """Make ``attn_implementation="eagle3kit_flex"`` known to transformers; returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(TARGET_FLEX, _hf_flex_attention)
+    return TARGET_FLEX
 
 
 def merge_diagonal(out0: torch.Tensor, lse0: torch.Tensor, q: torch.Tensor, keys: list[torch.Tensor],
@@ -87,25 +137,20 @@ def merge_diagonal(out0: torch.Tensor, lse0: torch.Tensor, q: torch.Tensor, keys
     """Add the keys ``keys[j][t]`` (one per position) to an attention over other keys.
 
     ``out0``/``lse0`` are the output and log-sum-exp of the attention over the step-0
-    keys; the result is exactly the softmax attention over both key sets.
+    keys; the result is exactly the softmax attention over both key sets. Works per
+    key-value head group without copying keys or values for grouped-query attention.
     """
     b, hq, t, d = q.shape
     hkv = keys[0].shape[1]
     g = hq // hkv
-    qg = q.float().view(b, hkv, g, t, d)
+    qg = q.view(b, hkv, g, t, d)
     scale = 1.0 / math.sqrt(d)
-    scores = [((qg * key.float()[:, :, None]).sum(-1) * scale).view(b, hq, t) for key in keys]
-    m = lse0
-    for s in scores:
-        m = torch.maximum(m, s)
-    w0 = torch.exp(lse0 - m)
-    num = w0[..., None] * out0.float()
-    den = w0
-    for s, value in zip(scores, values):
-        w = torch.exp(s - m)
-        num = num + w[..., None] * repeat_kv(value.float(), g)
-        den = den + w
-    return (num / den[..., None]).to(q.dtype)
+    scores = [torch.einsum("bhgtd,bhtd->bhgt", qg, key).float() * scale for key in keys]
+    weights = torch.softmax(torch.stack([lse0.view(b, hkv, g, t)] + scores, dim=-1), dim=-1).to(q.dtype)
+    out = out0.view(b, hkv, g, t, d) * weights[..., 0, None]
+    for j, value in enumerate(values, 1):
+        out = out + weights[..., j, None] * value[:, :, None]
+    return out.view(b, hq, t, d)
 
 
 @dataclass

@@ -199,10 +199,18 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
          "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]}
     )
     stat = path.stat()
-    raw = datasets.Dataset.from_generator(
-        _unified_generator, features=features, cache_dir=str(cache / "raw"),
-        gen_kwargs={"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-    )
+    try:
+        raw = datasets.Dataset.from_generator(
+            _unified_generator, features=features, cache_dir=str(cache / "raw"),
+            gen_kwargs={"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        )
+    except Exception as error:  # datasets wraps the reader's UserError; show the reader's message
+        cause = error
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
     if len(raw) == 0:
         raise UserError(f"{path}: holds no conversation")
     if num_proc is None and len(raw) >= 20_000:

@@ -27,7 +27,7 @@ from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text
 from eagle3kit.checkpoint import save_draft
 from eagle3kit.errors import UserError
-from eagle3kit.train.attention import PackedMask, default_backend
+from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import (
     TokenizedData,
     load_or_build_draft_vocab,
@@ -368,9 +368,14 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     pad_to = cfg.max_tokens if pad else None
 
     data = prepare_data(cfg, rank, quiet)
-    target_impl = cfg.target_attention or ("flex_attention" if backend == "flex" else "sdpa")
+    target_impl = cfg.target_attention or ("flex" if backend == "flex" else "sdpa")
+    if target_impl == "flex":
+        target_impl = TARGET_FLEX  # our compiled kernel with the packed row's block mask
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl)
-    draft_config = DraftConfig.from_target(model.config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
+    try:
+        draft_config = DraftConfig.from_target(model.config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
+    except ValueError as error:
+        raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
     draft_config.torch_dtype = str(dtype).replace("torch.", "")
     target = FrozenTarget(model, draft_config.aux_layers, torch.from_numpy(data.draft_ids))
     draft = Eagle3Draft(draft_config)
@@ -435,7 +440,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         client = {"progress": asdict(progress), "rng": _gather_rng(device), "eagle3kit": __version__}
         engine.save_checkpoint(str(savedir), tag=tag, client_state=client, save_latest=False)
         if rank == 0:
-            extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath}
+            extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath,
+                     "target_architectures": list(getattr(model.config, "architectures", None) or [])}
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
         barrier()
         if rank == 0:
@@ -459,13 +465,15 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             reporter.log({"test/tau_sim": tau, **{f"test/acc_{k}": a for k, a in enumerate(accs)},
                           **{f"test/loss_{k}": v for k, v in enumerate(losses)}}, progress.step)
         quiet.log(f"test @ step {progress.step}: tau_sim {tau:.3f}  acc " + " ".join(f"{a:.3f}" for a in accs))
-        if tau > progress.best_tau:
+        if tau > progress.best_tau and progress.step > 0:
             progress.best_tau = tau
             tag = save(progress.step, f"best tau_sim {tau:.3f}")
             progress.best_tag = tag
             if rank == 0:
                 point(savedir, BEST, tag)
 
+    if cfg.eval_every and progress.step == 0:
+        run_eval()  # the starting point of the learning curve
     digest = hashlib.sha256(progress.rows_digest.encode())
     window = torch.zeros(3, cfg.ttt_length, dtype=torch.float64, device=device)
     window_tokens, window_start = 0, time.perf_counter()

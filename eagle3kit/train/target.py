@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from eagle3kit.errors import UserError
-from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask
+from eagle3kit.train.attention import TARGET_FLEX, PackedMask, dense_doc_causal_mask, register_target_flex
 from eagle3kit.train.ttt import TargetOutputs
 
 
@@ -24,6 +24,8 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation == TARGET_FLEX:
+        register_target_flex()
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -75,7 +77,7 @@ class FrozenTarget:
     def attention_mask(self, doc_ids: torch.Tensor, packed: PackedMask | None = None):
         """The document-causal mask of a packed row in the form the target's attention takes."""
         impl = self.attn_implementation
-        if impl == "flex_attention":
+        if impl in ("flex_attention", TARGET_FLEX):
             if packed is not None and packed.block is not None:
                 return packed.block
             return PackedMask.build(doc_ids, "flex").block

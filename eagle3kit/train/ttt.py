@@ -80,11 +80,12 @@ class SoftCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 math for bf16 inputs
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for s in range(0, hidden.shape[0], chunk):
-            z = (hidden[s : s + chunk] @ weight.t()).float()
-            p = target[s : s + chunk].float()
+            z = (hidden[s : s + chunk] @ weight.t()).to(acc)
+            p = target[s : s + chunk].to(acc)
             total -= (p * torch.log_softmax(z, dim=-1)).sum()
             correct += (z.argmax(-1) == p.argmax(-1)).sum()
         ctx.save_for_backward(hidden, weight, target)
@@ -96,17 +97,18 @@ class SoftCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor, _grad_correct):
         hidden, weight, target = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s : s + ctx.chunk]
-            z = (h @ weight.t()).float()
-            p = target[s : s + ctx.chunk].float()
+            z = (h @ weight.t()).to(acc)
+            p = target[s : s + ctx.chunk].to(acc)
             dz = (torch.softmax(z, dim=-1) * p.sum(-1, keepdim=True) - p) * grad_total
             dz = dz.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[s : s + ctx.chunk] = dz @ weight
             if grad_weight is not None:
-                grad_weight += (dz.t() @ h).float()
+                grad_weight += (dz.t() @ h).to(acc)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None

@@ -14,18 +14,30 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import eagle3kit_mydata
-from eagle3kit import RecordError
-from eagle3kit.cli import cli
-from eagle3kit.mix import run_mix
-from eagle3kit.plugins import converter_for, load_registry
-from eagle3kit.sourcespec import SourceSpec
-from eagle3kit.unified import clean_messages
-from eagle3kit_mydata import SAMPLE_FILE, convert_to_unified, parse_yes_no
+# The tests never touch the network: switch the Hugging Face Hub off before `datasets`
+# is imported (it reads these variables at import time).
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE)
+
+from click.testing import CliRunner  # noqa: E402
+
+import eagle3kit_mydata  # noqa: E402
+from eagle3kit import RecordError  # noqa: E402
+from eagle3kit.cli import cli  # noqa: E402
+from eagle3kit.mix import run_mix  # noqa: E402
+from eagle3kit.plugins import converter_for, load_registry  # noqa: E402
+from eagle3kit.sourcespec import SourceSpec  # noqa: E402
+from eagle3kit.unified import clean_messages  # noqa: E402
+from eagle3kit_mydata import SAMPLE_FILE, convert_to_unified, parse_yes_no  # noqa: E402
 
 DEFAULTS = {"path": None, "limit": None, "weight": None, "followups": True, "system": None}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
 
 
 def convert(record, **options):
@@ -156,7 +168,7 @@ def test_the_eagle3kit_command_finds_the_plugin(tmp_path):
     script = Path(sys.executable).parent / "eagle3kit"
     done = subprocess.run(
         [str(script), "mix", "--source", "mydata:followups=no", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE},
     )
     assert done.returncode == 0, done.stderr
     assert "(33 conversations)" in done.stdout

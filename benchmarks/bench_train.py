@@ -1,0 +1,202 @@
+"""Training throughput of eagle3kit's EAGLE-3 trainer against the target's forward pass.
+
+Builds a target with random weights from a config (default: the Llama-3.1-8B shape; no
+download), packs synthetic conversations of ``--seq-len`` tokens into rows of
+``--max-tokens``, and times, in one process:
+
+* ``ceiling``: the target's forward pass alone, as online training must run it on every
+  token (HF forward with all hidden states, SDPA, batch of unpacked conversations);
+* ``target``: eagle3kit's target step (packed row, fused features from 3 layers, logits
+  restricted to the draft vocabulary);
+* ``train``: a whole training step through the DeepSpeed engine (target + 7-step TTT
+  forward and backward + optimizer), with its peak GPU memory.
+
+Prints one row per measurement (median of ``--steps`` after ``--warmup``) and the ratio
+of training to the ceiling; ``--json`` writes them. Meant for a GPU; ``--config tiny``
+runs anywhere (a smoke test of the script, not a figure).
+
+    python benchmarks/bench_train.py --max-tokens 16384 --seq-len 2048 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                rope_theta=500000.0, tie_word_embeddings=False,
+                rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+TINY = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def set_attention(model, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+
+
+def timed(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0):
+    """A packed row of ``n_conv`` conversations; every other 256-token span is an answer."""
+    from eagle3kit.train.attention import doc_ids_from_positions
+    from eagle3kit.train.data import MicroBatch
+
+    g = torch.Generator().manual_seed(seed)
+    t = n_conv * seq_len
+    ids = torch.randint(0, vocab, (t,), generator=g)
+    pos = torch.arange(seq_len).repeat(n_conv)
+    mask = ((pos // 256) % 2 == 1)
+    return MicroBatch(ids, pos, doc_ids_from_positions(pos), mask, t).to(device)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=["llama8b", "tiny"], default="llama8b")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, nargs="+", default=[16384])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--ttt-length", type=int, default=7)
+    ap.add_argument("--draft-vocab-size", type=int, default=32000)
+    ap.add_argument("--attention", choices=["flex", "eager"], default=None)
+    ap.add_argument("--target-attention", default=None)
+    ap.add_argument("--checkpoint-activations", action="store_true")
+    ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `timeout -s USR1` shows where a run hangs
+
+    import deepspeed
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eagle3kit.train.attention import PackedMask, default_backend
+    from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+    from eagle3kit.train.loop import DraftTrainer, TrainConfig, init_distributed, load_ds_config
+    from eagle3kit.train.target import FrozenTarget
+
+    rank, world, local, device = init_distributed()
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    backend = args.attention or default_backend(device)
+    target_impl = args.target_attention or ("flex" if backend == "flex" else "sdpa")
+    if target_impl == "flex":
+        from eagle3kit.train.attention import register_target_flex
+
+        target_impl = register_target_flex()
+    spec = LLAMA_8B if args.config == "llama8b" else TINY
+    vocab = spec["vocab_size"]
+    draft_vocab = min(args.draft_vocab_size, vocab)
+    rows = []
+
+    def report(name: str, times: list[float], tokens: int, **extra):
+        med = statistics.median(times)
+        row = {"name": name, "median_s": med, "tokens": tokens, "tokens_per_s": tokens / med, **extra}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    t0 = time.perf_counter()
+    config = LlamaConfig(**spec)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.eval().requires_grad_(False)
+    print(f"# target built in {time.perf_counter() - t0:.1f}s on {torch.cuda.get_device_name() if cuda else 'cpu'}; "
+          f"torch {torch.__version__}", flush=True)
+    draft_ids = torch.arange(draft_vocab)  # which ids does not matter for speed
+
+    for max_tokens in args.max_tokens:
+        n_conv = max(1, max_tokens // args.seq_len)
+        tokens = n_conv * args.seq_len
+        mb = synthetic_row(n_conv, args.seq_len, vocab, device)
+        if not args.skip_ceiling:
+            ids = mb.input_ids.view(n_conv, args.seq_len)
+            with torch.no_grad():
+                times = timed(lambda: model(input_ids=ids, output_hidden_states=True), args.steps, args.warmup)
+            ceiling = report("ceiling: target forward (sdpa, unpacked, all hidden states)", times, tokens,
+                             max_tokens=max_tokens)
+        set_attention(model, target_impl)
+        target = FrozenTarget(model, [2, spec["num_hidden_layers"] // 2, spec["num_hidden_layers"] - 3], draft_ids)
+
+        def target_step():
+            mask = PackedMask.build(mb.doc_ids, backend)
+            return target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+
+        print(f"# timing the target step at {max_tokens} tokens", flush=True)
+        with torch.no_grad():
+            times = timed(target_step, args.steps, args.warmup)
+        report(f"target step ({target_impl}, packed, restricted logits)", times, tokens, max_tokens=max_tokens)
+
+        draft_config = DraftConfig.from_target(config, draft_vocab)
+        draft = Eagle3Draft(draft_config)
+        draft.set_vocab(draft_ids)
+        module = DraftTrainer(draft).to(device)
+        cfg = TrainConfig(lr=1e-4)
+        ds = load_ds_config(None, cfg, bf16=cuda)
+        ds["optimizer"]["params"]["torch_adam"] = True  # no JIT build in the benchmark; fused AdamW from torch
+        ds["optimizer"]["params"]["fused"] = cuda
+        engine, *_ = deepspeed.initialize(model=module, model_parameters=[p for p in module.parameters()], config=ds)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+        def train_step():
+            mask = PackedMask.build(mb.doc_ids, backend)
+            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+            loss, _ = engine(out, mb, mask, args.ttt_length, 0.8, args.checkpoint_activations)
+            engine.backward(loss)
+            engine.step()
+
+        print(f"# timing the train step at {max_tokens} tokens", flush=True)
+        times = timed(train_step, args.steps, args.warmup)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        row = report(f"train step (draft attention {backend}, ttt {args.ttt_length}"
+                     f"{', checkpointing' if args.checkpoint_activations else ''})", times, tokens,
+                     max_tokens=max_tokens, peak_gib=peak)
+        if not args.skip_ceiling:
+            row["ratio_to_ceiling"] = row["tokens_per_s"] / ceiling["tokens_per_s"]
+            print(f"# max_tokens {max_tokens}: train {row['tokens_per_s']:,.0f} tok/s = "
+                  f"{row['ratio_to_ceiling']:.2f} of the ceiling {ceiling['tokens_per_s']:,.0f}; peak {peak:.1f} GiB",
+                  flush=True)
+        del engine, module, draft
+        if cuda:
+            torch.cuda.empty_cache()
+        set_attention(model, "sdpa")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

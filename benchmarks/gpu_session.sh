@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One session on the accelerator machine (see ../shared/device/README.md): install the
+# carried wheels and this project, check the GPU path, then measure. Logs go to $OUT.
+# Stages are time-boxed so that one failure does not cost the rest.
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=$PWD:/tmp/site TORCH_CUDA_ARCH_LIST=9.0 || exit 1
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . >/dev/null 2>&1
+export PATH=/tmp/site/bin:$PATH WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"; } > "$OUT/env.txt" 2>&1
+stage() { local name=$1 limit=$2; shift 2; local t=$SECONDS; echo "== $name (limit ${limit}s)"; timeout -s USR1 -k 15 "$limit" "$@" >> "$OUT/$name.log" 2>&1; echo "== $name rc=$? in $((SECONDS - t))s" | tee -a "$OUT/$name.log"; }
+STAGES=${STAGES:-check bench small bench2k}
+for s in $STAGES; do
+  case $s in
+    check) stage check 100 python3 benchmarks/check_gpu.py ;;
+    bench) stage bench 200 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 6 --warmup 3 ;;
+    bench16k) stage bench 190 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 4 --warmup 2 --skip-ceiling ;;
+    bench2k) stage bench2k 120 python3 benchmarks/bench_train.py --max-tokens 2048 --steps 6 --warmup 3 ;;
+    small) stage small 240 python3 benchmarks/small_target.py --out /tmp/small
+           cp /tmp/small/eval.json /tmp/small/times.json "$OUT/" 2>/dev/null
+           cp /tmp/small/small_target.log "$OUT/small_cli.log" 2>/dev/null ;;
+  esac
+done
+exit 0

@@ -1,0 +1,80 @@
+"""Acceptance and speed-up of a draft trained for a few minutes on a small target, end to
+end through the CLI: mix the bundled samples, train a small Llama on them, train a draft
+(``eagle3kit train``), measure it (``eagle3kit eval``), and time ``eagle3kit regenerate``
+with the in-process backend. Run on the accelerator machine; writes its logs under --out.
+
+    python benchmarks/small_target.py --out /tmp/small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def cli(args: list[str], log: Path, timeout: float) -> float:
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ eagle3kit {' '.join(args)}\n")
+        f.flush()
+        subprocess.run([sys.executable, "-m", "eagle3kit", *args], stdout=f, stderr=subprocess.STDOUT, check=True,
+                       timeout=timeout)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--target-steps", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=80)
+    ap.add_argument("--regen-limit", type=int, default=300)
+    ap.add_argument("--skip", nargs="*", default=[])
+    args = ap.parse_args()
+    import torch
+
+    from eagle3kit.sources import SAMPLES
+    from eagle3kit.tiny import build_tiny_target
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "small_target.log"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    times = {}
+    times["mix"] = cli(["mix", "--source", f"ultrachat:path={SAMPLES / 'ultrachat_sample.jsonl'}", "--source",
+                        f"sharegpt:path={SAMPLES / 'sharegpt_sample.json'}", "--out", str(out / "data"),
+                        "--cache-dir", str(out / "cache")], log, 120)
+    convs = [json.loads(x)["conversations"] for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    t = time.perf_counter()
+    build_tiny_target(out / "target", convs, steps=args.target_steps, layers=args.layers, hidden=args.hidden,
+                      batch_size=32, lr=1e-3, vocab_size=2048, device=device)
+    times["target"] = time.perf_counter() - t
+    times["train"] = cli(["train", "--basepath", str(out / "target"), "--trainpath", str(out / "data" / "train.jsonl"),
+                          "--testpath", str(out / "data" / "test.jsonl"), "--savedir", str(out / "ck"),
+                          "--cache-dir", str(out / "cache"), "--num-epochs", str(args.epochs), "--max-len", "512",
+                          "--max-tokens", "4096", "--draft-vocab-size", "1024", "--lr", "1e-3", "--eval-every", "100",
+                          "--report-to", "none", "--attention", "eager", "--target-attention", "sdpa",
+                          "--log-every", "20"], log, 900)
+    times["eval"] = cli(["eval", "--basepath", str(out / "target"), "--draft", str(out / "ck" / "best" / "draft"),
+                         "--data", str(out / "data" / "test.jsonl"), "--num-samples", str(args.samples),
+                         "--max-new-tokens", "256", "--steps", "6", "--json", str(out / "eval.json")], log, 600)
+    if "regen" not in args.skip:
+        times["regenerate"] = cli(["regenerate", "--basepath", str(out / "target"), "--input",
+                                   str(out / "data" / "train.jsonl"), "--out", str(out / "regen.jsonl"), "--limit",
+                                   str(args.regen_limit), "--max-new-tokens", "128", "--batch-size", "64"], log, 600)
+    (out / "times.json").write_text(json.dumps(times, indent=2))
+    print(json.dumps(times))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

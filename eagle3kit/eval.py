@@ -1,0 +1,451 @@
+"""``eagle3kit eval``: what a draft is worth, by real speculative decoding.
+
+Chain drafting, as SGLang and vLLM run an EAGLE-3 chain: the target reads the prompt and
+gives its next token and its fused features; the draft proposes ``steps`` tokens, one
+after another, from those features and its own hidden states; the target verifies all of
+them in one forward pass; the longest agreeing prefix plus the target's own next token
+is kept. The draft then re-reads the accepted positions with the target's true features.
+
+* Greedy (temperature 0): a proposal is accepted iff it is the target's argmax, so the
+  output is token for token the target's greedy output (lossless).
+* Sampling: the standard rejection rule (:func:`accept_chain`): accept d_i with
+  probability min(1, p_i(d_i) / q_i(d_i)), else sample from norm(max(0, p_i - q_i)) and
+  stop; after a full acceptance sample the bonus token from p_{s+1}. The output follows
+  the target's distribution exactly.
+
+Reported: mean acceptance length tau (tokens per target verification pass, the EAGLE-3
+paper's figure) with a bootstrap 95% interval over prompts, the acceptance rate at each
+draft position, and the wall-clock speed-up over plain decoding of the same target in the
+same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from eagle3kit.errors import UserError
+from eagle3kit.ui import UI
+
+
+@dataclass
+class EvalConfig:
+    basepath: str
+    draft_path: str
+    data_path: str
+    num_samples: int = 80
+    max_new_tokens: int = 256
+    steps: int = 6
+    temperature: float = 0.0
+    seed: int = 0
+    dtype: str = "auto"
+    json_path: str | None = None
+    no_baseline: bool = False
+
+
+# ------------------------------------------------------------------ the acceptance rule
+def accept_chain(draft_tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling for a chain, batched over B independent chains.
+
+    ``draft_tokens`` (B, s): proposals, each drawn from ``q`` (B, s, V); ``p`` (B, s+1, V):
+    the target's distributions after the prefix and after each proposal. Returns
+    ``(accepted (B,), next_token (B,))``: how many proposals are kept, and the token that
+    follows them (a correction drawn from the residual, or the bonus from p_{s+1}).
+    """
+    b, s = draft_tokens.shape
+    u = torch.rand(b, s, generator=generator, device=p.device)
+    idx = draft_tokens.unsqueeze(-1)
+    p_d = p[:, :s].gather(-1, idx).squeeze(-1)
+    q_d = q.gather(-1, idx).squeeze(-1)
+    ok = u * q_d <= p_d  # u < p/q, without dividing by zero
+    accepted = torch.cumprod(ok.long(), dim=1).sum(1)
+    rows = torch.arange(b, device=p.device)
+    p_next = p[rows, accepted]  # (B, V)
+    q_next = torch.zeros_like(p_next)
+    rejected = accepted < s
+    q_next[rejected] = q[rows[rejected], accepted[rejected]]
+    residual = (p_next - q_next).clamp_min(0)
+    mass = residual.sum(-1, keepdim=True)
+    dist = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p_next)
+    next_token = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
+    return accepted, next_token
+
+
+def accept_greedy(draft_tokens: torch.Tensor, target_argmax: torch.Tensor) -> tuple[int, int]:
+    """Greedy verification of one chain: ``target_argmax`` (s+1,) are the target's choices
+    after the prefix and after each proposal. Returns ``(accepted, next_token)``."""
+    s = draft_tokens.numel()
+    same = (draft_tokens == target_argmax[:s]).long()
+    accepted = int(torch.cumprod(same, 0).sum())
+    return accepted, int(target_argmax[accepted])
+
+
+# ------------------------------------------------------------------ the draft at inference
+class DraftState:
+    """The draft's KV cache for one sequence, and its attention (causal over the cache)."""
+
+    def __init__(self, draft) -> None:
+        self.draft = draft
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def crop(self, length: int) -> None:
+        if self.keys is not None:
+            self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
+
+    def forward(self, hidden: torch.Tensor, token_ids: torch.Tensor, embed, start: int) -> torch.Tensor:
+        """Run the draft layer on m new positions ``start..start+m-1`` (appended to the
+        cache). ``hidden`` (1, m, H or 3H_target): fused features (then ``fc`` applies) or
+        the draft's own previous hidden states. Returns the output hidden states (1, m, H)."""
+        from eagle3kit.train.attention import repeat_kv
+
+        draft = self.draft
+        if hidden.shape[-1] != draft.config.hidden_size or hidden.shape[-1] == 3 * draft.config.target_hidden_size:
+            hidden = draft.fc(hidden.to(draft.fc.weight.dtype))
+        m = token_ids.shape[-1]
+        positions = torch.arange(start, start + m, device=hidden.device)[None]
+        cos, sin = draft.rope(positions, hidden)
+        embeds = embed(token_ids.view(1, m)).to(hidden.dtype)
+
+        def attend(q, k, v):
+            self.keys = k if self.keys is None else torch.cat([self.keys[:, :, :start], k], dim=2)
+            self.values = v if self.values is None else torch.cat([self.values[:, :, :start], v], dim=2)
+            groups = q.shape[1] // k.shape[1]
+            kk, vv = repeat_kv(self.keys, groups), repeat_kv(self.values, groups)
+            total = kk.shape[2]
+            allowed = torch.arange(total, device=q.device)[None, :] <= (torch.arange(m, device=q.device)[:, None] + start)
+            return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
+
+        return draft.layer(embeds, hidden, cos, sin, attend)
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.draft.logits(hidden)
+
+
+# ------------------------------------------------------------------ decoding
+@dataclass
+class Decoded:
+    tokens: list[int]
+    passes: int  # target forward passes after the prefill (verification passes)
+    accepted: list[int] = field(default_factory=list)  # proposals accepted per pass
+    seconds: float = 0.0
+
+
+class SpeculativeDecoder:
+    """Chain speculative decoding of one sequence at a time with a HF target and a draft."""
+
+    def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        from eagle3kit.train.target import FrozenTarget
+
+        self.model, self.draft, self.steps = model, draft, steps
+        self.temperature = temperature
+        self.generator = generator
+        self.eos = set(int(i) for i in eos_ids)
+        self.target = FrozenTarget(model, draft.config.aux_layers, draft.draft_ids)
+        self.embed = model.get_input_embeddings()
+        self.draft_ids = draft.draft_ids.to(next(model.parameters()).device)
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+
+    def _target(self, ids: torch.Tensor, start: int, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the target on new tokens at ``start..``: (features (1,m,3H), logits (m,V))."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = []
+        layers = self.target.layers
+        for index in set(self.target.aux_layers):
+            if index < len(layers):
+                hooks.append(layers[index].register_forward_pre_hook(
+                    lambda mod, args, kwargs, i=index: captured.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True))
+            else:
+                hooks.append(layers[-1].register_forward_hook(
+                    lambda mod, args, kwargs, out, i=index: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out),
+                    with_kwargs=True))
+        try:
+            positions = torch.arange(start, start + ids.shape[-1], device=ids.device)[None]
+            out = self.model(input_ids=ids.view(1, -1), position_ids=positions, past_key_values=cache, use_cache=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        features = torch.cat([captured[i] for i in self.target.aux_layers], dim=-1)
+        return features, out.logits[0].float()
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self.temperature == 0:
+            return int(logits.argmax(-1))
+        return int(torch.multinomial(self._probs(logits), 1, generator=self.generator))
+
+    def _draft_dist(self, hidden: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """Next draft proposal (a target id) and, when sampling, its distribution over the target vocabulary."""
+        logits = self.draft.logits(hidden[:, -1:]).float()[0, 0]
+        if self.temperature == 0:
+            return int(self.draft_ids[logits.argmax(-1)]), None
+        q_draft = torch.softmax(logits / self.temperature, dim=-1)
+        q = torch.zeros(self.vocab, device=logits.device)
+        q[self.draft_ids] = q_draft
+        token = int(self.draft_ids[torch.multinomial(q_draft, 1, generator=self.generator)])
+        return token, q
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        cache = DynamicCache()
+        ids = torch.tensor(prompt_ids, device=device)
+        n = ids.numel()
+        start_time = time.perf_counter()
+        features, logits = self._target(ids, 0, cache)
+        token = self._pick(logits[-1])
+        out = [token]
+        state = DraftState(self.draft)
+        # the draft reads (f_i, x_{i+1}) for every prompt position: the tokens shifted by one
+        shifted = torch.cat([ids[1:], torch.tensor([token], device=device)])
+        hidden = state.forward(features, shifted, self.embed, 0)
+        pos = n  # next position to be written in the target cache (the position of ``token``)
+        result = Decoded(tokens=out, passes=0)
+        while len(out) < max_new_tokens and token not in self.eos:
+            # propose a chain: draft positions pos-1+j, j = 0..steps-1
+            proposals, qs = [], []
+            h = hidden[:, -1:]
+            budget = min(self.steps, max_new_tokens - len(out))
+            for j in range(budget):
+                proposal, q = self._draft_dist(h)
+                proposals.append(proposal)
+                qs.append(q)
+                if j + 1 < budget:
+                    h = state.forward(h, torch.tensor([proposal], device=device), self.embed, pos + j)
+            # verify: the target reads token, d_1..d_s at positions pos..pos+s
+            verify = torch.tensor([token] + proposals, device=device)
+            features, logits = self._target(verify, pos, cache)
+            drafted = torch.tensor(proposals, device=device)
+            if self.temperature == 0:
+                accepted, nxt = accept_greedy(drafted, logits.argmax(-1))
+            else:
+                p = self._probs(logits)[None]
+                q = torch.stack(qs)[None]
+                a, nx = accept_chain(drafted[None], q, p, self.generator)
+                accepted, nxt = int(a), int(nx)
+            result.passes += 1
+            result.accepted.append(accepted)
+            new = proposals[:accepted] + [nxt]
+            # stop at an end-of-turn token inside the accepted run
+            for i, t in enumerate(new):
+                if t in self.eos:
+                    new = new[: i + 1]
+                    break
+            out.extend(new)
+            # keep the target cache for token + accepted proposals; the new token is not in it yet
+            kept = pos + 1 + accepted
+            excess = cache.get_seq_length() - kept
+            if excess > 0:
+                cache.crop(-excess)
+            # the draft re-reads the accepted positions with the target's true features
+            state.crop(pos)
+            next_tokens = torch.tensor(proposals[:accepted] + [nxt], device=device)
+            hidden = state.forward(features[:, : accepted + 1], next_tokens, self.embed, pos)
+            pos = kept
+            token = out[-1]
+        result.tokens = out[:max_new_tokens]
+        result.seconds = time.perf_counter() - start_time
+        return result
+
+
+@torch.no_grad()
+def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Sequence[int], temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> Decoded:
+    """The baseline: one target forward pass per token, with a KV cache."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    eos = set(int(i) for i in eos_ids)
+    cache = DynamicCache()
+    ids = torch.tensor([prompt_ids], device=device)
+    pos = 0
+    out: list[int] = []
+    start = time.perf_counter()
+    while len(out) < max_new_tokens:
+        positions = torch.arange(pos, pos + ids.shape[-1], device=device)[None]
+        logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[0, -1].float()
+        pos += ids.shape[-1]
+        if temperature == 0:
+            token = int(logits.argmax(-1))
+        else:
+            token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+        out.append(token)
+        if token in eos:
+            break
+        ids = torch.tensor([[token]], device=device)
+    return Decoded(tokens=out, passes=len(out), seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ the report
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer: eos, and the template's end-of-turn markers."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    for marker in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>"):
+        if marker in vocab:
+            ids.add(vocab[marker])
+    return sorted(ids)
+
+
+def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
+    """Token ids of up to ``limit`` prompts: each human turn of each conversation, with the
+    conversation before it, rendered with the chat template and the generation prompt."""
+    from eagle3kit.train.data import read_unified, to_messages
+
+    prompts = []
+    for record in read_unified(path):
+        messages = to_messages(record["conversations"])
+        for i, message in enumerate(messages):
+            if message["role"] != "user":
+                continue
+            text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, add_generation_prompt=True)
+            prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(prompts) >= limit:
+                return prompts
+    if not prompts:
+        raise UserError(f"{path}: holds no human turn to use as a prompt")
+    return prompts
+
+
+def bootstrap_interval(produced: Sequence[int], passes: Sequence[int], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
+    """95% interval of sum(produced)/sum(passes), resampling prompts."""
+    import numpy as np
+
+    produced, passes = np.asarray(produced, float), np.asarray(passes, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(produced), size=(rounds, len(produced)))
+    ratios = produced[idx].sum(1) / np.maximum(passes[idx].sum(1), 1)
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def summarize(results: list[Decoded], steps: int) -> dict[str, Any]:
+    """tau, its interval, and acceptance per draft position."""
+    produced = [sum(a + 1 for a in r.accepted) for r in results]
+    passes = [r.passes for r in results]
+    total_passes = sum(passes)
+    tau = sum(produced) / total_passes if total_passes else float("nan")
+    low, high = bootstrap_interval(produced, passes) if total_passes else (float("nan"), float("nan"))
+    all_accepted = [a for r in results for a in r.accepted]
+    reached = [sum(1 for a in all_accepted if a >= i) for i in range(steps + 1)]
+    conditional = [reached[i + 1] / reached[i] if reached[i] else float("nan") for i in range(steps)]
+    unconditional = [reached[i + 1] / len(all_accepted) if all_accepted else float("nan") for i in range(steps)]
+    return {"tau": tau, "tau_ci95": [low, high], "passes": total_passes, "tokens": sum(len(r.tokens) for r in results),
+            "acceptance_rate": conditional, "acceptance_reached": unconditional}
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
+    """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
+    from transformers import AutoTokenizer
+
+    from eagle3kit.checkpoint import load_draft
+    from eagle3kit.train.target import load_target_model
+
+    ui = ui or UI()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _dtype(cfg.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
+    draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
+    draft.eval()
+    if draft.config.vocab_size != model.config.get_text_config().vocab_size:
+        raise UserError(f"the draft was trained for a vocabulary of {draft.config.vocab_size} tokens, "
+                        f"the target {cfg.basepath!r} has {model.config.get_text_config().vocab_size}: wrong target?")
+    if not draft.config.aux_layers:
+        draft.config.aux_layers = __import__("eagle3kit.train.draft", fromlist=["x"]).default_aux_layers(
+            model.config.get_text_config().num_hidden_layers)
+    prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
+    eos = end_of_turn_ids(tokenizer)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
+
+    # warm up kernels and allocator once, outside the timings
+    decoder.generate(prompts[0], min(8, cfg.max_new_tokens))
+    if not cfg.no_baseline:
+        plain_decode(model, prompts[0], min(8, cfg.max_new_tokens), eos, cfg.temperature, gen)
+
+    spec, base = [], []
+    with ui.progress("speculative decoding", total=len(prompts)) as task:
+        for ids in prompts:
+            spec.append(decoder.generate(ids, cfg.max_new_tokens))
+            _sync(device)
+            s = summarize(spec, cfg.steps)
+            task.update(advance=1, tau=f"{s['tau']:.2f}")
+    if not cfg.no_baseline:
+        gen.manual_seed(cfg.seed)
+        with ui.progress("plain decoding (baseline)", total=len(prompts)) as task:
+            for ids in prompts:
+                base.append(plain_decode(model, ids, cfg.max_new_tokens, eos, cfg.temperature, gen))
+                _sync(device)
+                task.update(advance=1)
+
+    report = summarize(spec, cfg.steps)
+    report.update({
+        "config": asdict(cfg),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "prompts": len(prompts),
+        "spec_seconds": sum(r.seconds for r in spec),
+        "spec_tokens_per_s": sum(len(r.tokens) for r in spec) / max(sum(r.seconds for r in spec), 1e-9),
+    })
+    if base:
+        base_seconds = sum(r.seconds for r in base)
+        report["baseline_seconds"] = base_seconds
+        report["baseline_tokens_per_s"] = sum(len(r.tokens) for r in base) / max(base_seconds, 1e-9)
+        report["speedup"] = report["spec_tokens_per_s"] / report["baseline_tokens_per_s"]
+        if cfg.temperature == 0:
+            report["identical_to_greedy"] = sum(a.tokens == b.tokens for a, b in zip(spec, base))
+    _print_report(ui, report, cfg)
+    if cfg.json_path:
+        from eagle3kit.atomic import atomic_write_text
+
+        atomic_write_text(cfg.json_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
+    from rich.table import Table
+
+    low, high = report["tau_ci95"]
+    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {cfg.steps} draft tokens per pass, "
+                        f"temperature {cfg.temperature}")
+    table.add_column("draft position", justify="right")
+    table.add_column("acceptance rate (given the previous)", justify="right")
+    table.add_column("reached", justify="right")
+    for i, (c, u) in enumerate(zip(report["acceptance_rate"], report["acceptance_reached"]), 1):
+        table.add_row(str(i), f"{c:.3f}" if c == c else "-", f"{u:.3f}" if u == u else "-")
+    caption = f"acceptance length tau {report['tau']:.3f} (95% CI {low:.3f}-{high:.3f})"
+    if "speedup" in report:
+        caption += (f"; speed-up {report['speedup']:.2f}x ({report['spec_tokens_per_s']:.1f} vs "
+                    f"{report['baseline_tokens_per_s']:.1f} tokens/s)")
+    if "identical_to_greedy" in report:
+        caption += f"; identical to greedy: {report['identical_to_greedy']}/{report['prompts']}"
+    table.caption = caption
+    ui.table(table)

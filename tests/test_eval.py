@@ -1,0 +1,126 @@
+"""Speculative decoding: lossless at temperature 0, the target's distribution at
+temperature > 0, and acceptance that tells a trained draft from an untrained one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eagle3kit.eval import (
+    SpeculativeDecoder,
+    accept_chain,
+    accept_greedy,
+    end_of_turn_ids,
+    plain_decode,
+    prompts_from_data,
+    summarize,
+)
+
+
+def test_greedy_acceptance_keeps_the_agreeing_prefix_and_the_target_token():
+    draft = torch.tensor([5, 6, 7])
+    assert accept_greedy(draft, torch.tensor([5, 6, 9, 1])) == (2, 9)
+    assert accept_greedy(draft, torch.tensor([4, 6, 7, 1])) == (0, 4)
+    assert accept_greedy(draft, torch.tensor([5, 6, 7, 1])) == (3, 1)  # all kept, plus the bonus token
+
+
+def test_rejection_sampling_keeps_the_target_distribution_exactly():
+    """Chains of 2 proposals on a 4-token vocabulary: the first two output tokens must be
+    distributed as the target says, whatever the draft proposes."""
+    torch.manual_seed(0)
+    v, n = 4, 400_000
+    g = torch.Generator().manual_seed(1)
+    q1 = torch.tensor([0.55, 0.05, 0.3, 0.1])
+    p1 = torch.tensor([0.1, 0.4, 0.2, 0.3])
+    # the draft's and the target's second distributions depend on the first token
+    q2 = torch.softmax(torch.randn(v, v, generator=g) * 2, -1)
+    p2 = torch.softmax(torch.randn(v, v, generator=g) * 2, -1)
+    p3 = torch.softmax(torch.randn(v, v, v, generator=g), -1)
+    d1 = torch.multinomial(q1, n, replacement=True, generator=g)
+    d2 = torch.multinomial(q2[d1], 1, generator=g).squeeze(-1)
+    q = torch.stack([q1.expand(n, v), q2[d1]], 1)
+    p = torch.stack([p1.expand(n, v), p2[d1], p3[d1, d2]], 1)
+    accepted, nxt = accept_chain(torch.stack([d1, d2], 1), q, p, g)
+    first = torch.where(accepted >= 1, d1, nxt)
+    second = torch.where(accepted >= 2, d2, torch.where(accepted == 1, nxt, torch.full_like(nxt, -1)))
+    freq1 = torch.bincount(first, minlength=v).double() / n
+    torch.testing.assert_close(freq1, p1.double(), atol=4e-3, rtol=0)
+    # joint of the first two tokens, where the chain produced two
+    two = second >= 0
+    joint = torch.zeros(v, v, dtype=torch.float64)
+    joint.index_put_((first[two], second[two]), torch.ones(int(two.sum()), dtype=torch.float64), accumulate=True)
+    cond = joint / joint.sum(1, keepdim=True)
+    torch.testing.assert_close(cond, p2.double(), atol=1.5e-2, rtol=0)
+    # and a wrong rule would fail: accepting every proposal gives the draft's distribution
+    assert (torch.bincount(d1, minlength=v).double() / n - p1).abs().max() > 0.2
+
+
+@pytest.fixture(scope="module")
+def target_and_prompts(tiny_target, mixed_data):
+    from transformers import AutoTokenizer
+
+    from eagle3kit.train.target import load_target_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_target)
+    model = load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="sdpa")
+    prompts = prompts_from_data(str(mixed_data / "test.jsonl"), tokenizer, 12)
+    return model, tokenizer, prompts
+
+
+def _decode_all(model, draft, prompts, eos):
+    decoder = SpeculativeDecoder(model, draft, steps=5, eos_ids=eos)
+    return [decoder.generate(p, 48) for p in prompts]
+
+
+def test_greedy_speculative_output_equals_plain_greedy_and_trained_beats_untrained(trained_run, target_and_prompts):
+    from eagle3kit.checkpoint import load_draft
+    from eagle3kit.train.draft import Eagle3Draft
+
+    model, tokenizer, prompts = target_and_prompts
+    eos = end_of_turn_ids(tokenizer)
+    trained = load_draft(trained_run / "latest" / "draft").eval()
+    untrained = Eagle3Draft(trained.config).eval()
+    untrained.set_vocab(trained.draft_ids)
+    spec = _decode_all(model, trained, prompts, eos)
+    plain = [plain_decode(model, p, 48, eos) for p in prompts]
+    for s, b in zip(spec, plain):
+        assert s.tokens == b.tokens  # lossless, token for token
+    base = _decode_all(model, untrained, prompts, eos)
+    assert [r.tokens for r in base] == [r.tokens for r in plain]  # lossless even with a useless draft
+    good, bad = summarize(spec, 5), summarize(base, 5)
+    assert bad["tau"] < 1.5 < 3.0 < good["tau"]
+    assert good["tau_ci95"][0] <= good["tau"] <= good["tau_ci95"][1]
+    reached = good["acceptance_reached"]
+    assert all(a >= b for a, b in zip(reached, reached[1:])) and reached[0] > reached[-1]
+    # every pass produces accepted + 1 tokens, and the passes account for every token after the first
+    for r in spec:
+        assert sum(a + 1 for a in r.accepted) >= len(r.tokens) - 1
+
+
+def test_eval_command_writes_a_report(trained_run, tiny_target, mixed_data, tmp_path):
+    from click.testing import CliRunner
+
+    from eagle3kit.cli import cli
+
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(trained_run / "best" / "draft"),
+                                      "--data", str(mixed_data / "test.jsonl"), "--num-samples", "6",
+                                      "--max-new-tokens", "32", "--steps", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["prompts"] == 6 and report["identical_to_greedy"] == 6
+    assert report["tau"] > 2 and len(report["acceptance_rate"]) == 4 and report["speedup"] > 0
+    assert "acceptance length tau" in result.output
+
+
+def test_sampling_decoder_runs_and_respects_max_tokens(trained_run, target_and_prompts):
+    from eagle3kit.checkpoint import load_draft
+
+    model, tokenizer, prompts = target_and_prompts
+    draft = load_draft(trained_run / "latest" / "draft").eval()
+    g = torch.Generator().manual_seed(0)
+    decoder = SpeculativeDecoder(model, draft, steps=4, eos_ids=end_of_turn_ids(tokenizer), temperature=0.7, generator=g)
+    out = decoder.generate(prompts[0], 20)
+    assert 1 <= len(out.tokens) <= 20 and out.passes >= 1

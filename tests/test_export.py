@@ -1,0 +1,647 @@
+"""``eagle3kit export`` and ``export --check``.
+
+Each export is loaded the way its engine loads it, by small loaders written here from the
+engines' published ``load_weights`` / config code (SGLang ``LlamaForCausalLMEagle3``, vLLM
+``Eagle3LlamaForCausalLM`` and its speculators config conversion), without installing
+either engine. The loaded tensors must equal the draft's bit for bit, the vocabulary
+mapping must give the draft's target ids, and a forward pass written the way the engines
+run the layer (fused qkv / gate_up, hot-token scatter) must give the logits eagle3kit's own
+``load_draft`` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from eagle3kit.checkpoint import CONFIG, REQUIRED_KEYS, WEIGHTS, load_draft, save_draft
+from eagle3kit.cli import cli
+from eagle3kit.errors import UserError
+from eagle3kit.export import MARKER, Problem, check_command, check_draft, export_draft
+from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+
+WIDE = {"COLUMNS": "400"}
+VOCAB, DRAFT_VOCAB, TARGET_LAYERS = 100, 40, 12
+AUX = [2, 6, 9]
+LLAMA3_ROPE = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def make_config(**overrides) -> DraftConfig:
+    values = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                  rms_norm_eps=1e-5, vocab_size=VOCAB, draft_vocab_size=DRAFT_VOCAB, max_position_embeddings=131072,
+                  aux_layers=list(AUX), target_hidden_size=32, target_num_layers=TARGET_LAYERS,
+                  rope={"rope_parameters": dict(LLAMA3_ROPE)}, torch_dtype="bfloat16", target_model="tiny/target")
+    values.update(overrides)
+    return DraftConfig(**values)
+
+
+def make_draft(seed: int = 0, **overrides) -> Eagle3Draft:
+    torch.manual_seed(seed)
+    draft = Eagle3Draft(make_config(**overrides))
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 else 0.0))
+    g = torch.Generator().manual_seed(seed)
+    draft.set_vocab(torch.sort(torch.randperm(draft.config.vocab_size, generator=g)[:draft.config.draft_vocab_size]).values)
+    return draft
+
+
+@pytest.fixture
+def draft_dir(tmp_path) -> Path:
+    return save_draft(make_draft(), tmp_path / "draft")
+
+
+def write_target(folder: Path, **overrides) -> Path:
+    """A target config folder (transformers 5 writes rope_parameters)."""
+    from transformers import LlamaConfig
+
+    values = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                  vocab_size=VOCAB, num_hidden_layers=TARGET_LAYERS, max_position_embeddings=131072,
+                  rope_theta=LLAMA3_ROPE["rope_theta"],
+                  rope_scaling={k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"},
+                  architectures=["LlamaForCausalLM"])
+    values.update(overrides)
+    LlamaConfig(**values).save_pretrained(folder)
+    return folder
+
+
+def mutate(src: Path, dst: Path, config=None, tensors=None) -> Path:
+    """A copy of the draft folder ``src`` with its config and/or tensors changed in place by the callbacks."""
+    shutil.copytree(src, dst)
+    if config is not None:
+        data = json.loads((dst / CONFIG).read_text())
+        config(data)
+        (dst / CONFIG).write_text(json.dumps(data, indent=2))
+    if tensors is not None:
+        data = load_file(str(dst / WEIGHTS))
+        tensors(data)
+        save_file(data, str(dst / WEIGHTS))
+    return dst
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.is_error]
+
+
+def find(problems: list[Problem], key: str, severity: str = "error", text: str = "") -> Problem:
+    for p in problems:
+        if p.key == key and p.severity == severity and text.lower() in p.message.lower():
+            return p
+    raise AssertionError(f"no {severity} on {key!r} containing {text!r} in:\n" + "\n".join(map(str, problems)))
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders written from the engines' load code
+
+
+STACKED = [  # (fused param, checkpoint name, shard) as SGLang and vLLM both declare them
+    (".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"), (".qkv_proj", ".v_proj", "v"),
+    (".gate_up_proj", ".gate_proj", 0), (".gate_up_proj", ".up_proj", 1),
+]
+LAYER_PARAMS = ["self_attn.qkv_proj.weight", "self_attn.o_proj.weight", "mlp.gate_up_proj.weight",
+                "mlp.down_proj.weight", "input_layernorm.weight", "hidden_norm.weight",
+                "post_attention_layernorm.weight"]
+
+
+def _read(folder: Path) -> tuple[dict, dict]:
+    config = json.loads((folder / CONFIG).read_text())
+    tensors = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return config, tensors
+
+
+def _fuse(shards: dict[str, dict]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, parts in shards.items():
+        order = ["q", "k", "v"] if "qkv_proj" in name else [0, 1]
+        assert sorted(parts, key=str) == sorted(order, key=str), f"{name}: shards {list(parts)}"
+        out[name] = torch.cat([parts[s] for s in order], dim=0)
+    return out
+
+
+def sglang_load(folder: Path) -> dict:
+    """SGLang LlamaForCausalLMEagle3: config, then load_weights (unknown names dropped silently)."""
+    config, tensors = _read(folder)
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"]  # picked by name, no rename
+    assert config["model_type"] == "llama"  # read through AutoConfig
+    assert config["num_hidden_layers"] == 1
+    draft_vocab = config["draft_vocab_size"]  # plain attribute read: a missing key fails
+    assert draft_vocab is not None
+    assert not config.get("tie_word_embeddings")
+    params = {"lm_head.weight", "model.embed_tokens.weight", "model.fc.weight", "model.norm.weight",
+              *(f"model.midlayer.{p}" for p in LAYER_PARAMS)}
+    loaded, shards, dropped, hot = {}, {}, [], None
+    for name, weight in tensors.items():
+        if "d2t" in name:
+            hot = weight + torch.arange(weight.shape[0])
+            continue
+        if "t2d" in name:
+            continue
+        for param, ckpt, shard in STACKED:
+            if ckpt not in name:
+                continue
+            fused = name.replace(ckpt, param)
+            full = fused if fused in params else "model." + fused
+            if full in params:
+                shards.setdefault(full, {})[shard] = weight
+            else:
+                dropped.append(name)
+            break
+        else:
+            full = name if name in params else "model." + name
+            if full in params:
+                loaded[full] = weight
+            else:
+                dropped.append(name)  # silently, in SGLang
+    loaded.update(_fuse(shards))
+    nested = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    capture = [i + 1 for i in nested] if nested is not None else [2, TARGET_LAYERS // 2, TARGET_LAYERS - 3]
+    return {"config": config, "params": loaded, "dropped": dropped, "hot_token_id": hot, "capture": capture,
+            # SGLang always adds the residual before hidden_norm (norm_before_residual is not read).
+            "norm_before_residual": False, "rope_config": config, "vocab_size": config["vocab_size"],
+            "missing": sorted(params - set(loaded) - {"model.embed_tokens.weight"})}
+
+
+def vllm_load(folder: Path, config: dict | None = None) -> dict:
+    """vLLM Eagle3LlamaForCausalLM.load_weights and LlamaModel.load_weights (unknown name -> KeyError)."""
+    raw, tensors = _read(folder)
+    config = raw if config is None else config
+    arch = config["architectures"][0]
+    if not (arch.startswith("Eagle3") or arch.endswith("Eagle3")):  # EAGLEConfig for method eagle3
+        arch = "Eagle3" + arch
+    assert arch in ("Eagle3LlamaForCausalLM", "LlamaForCausalLMEagle3")  # the registry's two names
+    assert config.get("num_hidden_layers", 32) == 1
+    top = {"lm_head.weight": None, "draft_id_to_target_id": None}
+    model_params = {"fc.weight", "norm.weight", "embed_tokens.weight", *(f"layers.0.{p}" for p in LAYER_PARAMS)}
+    loaded, shards = {}, {}
+    for name, weight in tensors.items():
+        if "t2d" in name:
+            continue
+        if "d2t" in name:
+            name = name.replace("d2t", "draft_id_to_target_id")
+        elif "lm_head" not in name:
+            name = "model." + name
+        if not name.startswith("model."):
+            if name not in top:
+                raise KeyError(name)
+            loaded[name] = weight
+            continue
+        sub = name[len("model."):].replace("midlayer.", "layers.0.")
+        for param, ckpt, shard in STACKED:
+            if ckpt not in sub:
+                continue
+            fused = sub.replace(ckpt, param)
+            if fused not in model_params:
+                raise KeyError(fused)
+            shards.setdefault("model." + fused, {})[shard] = weight
+            break
+        else:
+            if sub not in model_params:
+                raise KeyError(sub)
+            loaded["model." + sub] = weight
+    loaded.update(_fuse(shards))
+    mapping = loaded.get("draft_id_to_target_id")
+    aux = config.get("eagle_aux_hidden_state_layer_ids") or [2, TARGET_LAYERS // 2, TARGET_LAYERS - 3]
+    expected = {"lm_head.weight", "draft_id_to_target_id", "model.fc.weight", "model.norm.weight",
+                *(f"model.layers.0.{p}" for p in LAYER_PARAMS)}
+    sglang_names = {k.replace("model.layers.0.", "model.midlayer."): v for k, v in loaded.items()}
+    return {"config": config, "params": sglang_names, "dropped": [],
+            "hot_token_id": None if mapping is None else mapping + torch.arange(mapping.shape[0]),
+            "draft_id_to_target_id": mapping, "capture": list(aux),
+            "norm_before_residual": config.get("norm_before_residual", False), "rope_config": config,
+            "vocab_size": config["vocab_size"], "missing": sorted(expected - set(loaded))}
+
+
+def speculators_load(folder: Path) -> dict:
+    """vLLM's speculators path: detect, validate, convert the config (update_eagle3), then load as vLLM."""
+    raw = json.loads((folder / CONFIG).read_text())
+    assert "model_type" not in raw and "speculators_config" in raw  # -> model_type "speculators"
+    assert raw["speculators_model_type"] == "eagle3"
+    spec = raw["speculators_config"]
+    tokens = spec["proposal_methods"][0]["speculative_tokens"]
+    verifier = spec["verifier"]["name_or_path"]
+    assert isinstance(raw["transformer_layer_config"], dict)
+    pre = dict(raw["transformer_layer_config"])
+    pre["draft_vocab_size"] = raw.get("draft_vocab_size")
+    if raw.get("target_hidden_size") is not None:
+        pre["target_hidden_size"] = raw["target_hidden_size"]
+    pre["norm_before_residual"] = raw.get("norm_before_residual", True)
+    pre["architectures"] = ["Eagle3LlamaForCausalLM"]
+    if raw.get("eagle_aux_hidden_state_layer_ids"):
+        pre["eagle_aux_hidden_state_layer_ids"] = raw["eagle_aux_hidden_state_layer_ids"]
+    pre.setdefault("num_lookahead_tokens", tokens)
+    loaded = vllm_load(folder, pre)
+    loaded.update(verifier=verifier, num_speculative_tokens=tokens, speculators_config=raw)
+    return loaded
+
+
+LOADERS = {"sglang": sglang_load, "vllm": vllm_load, "speculators": speculators_load}
+
+
+# --------------------------------------------------------------------------------------------
+# A forward pass the way the engines run it, from the loaded (fused) parameters
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _attend(q, k, v):
+    rep = q.shape[1] // k.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
+
+
+def engine_logits(loaded: dict, embeds, features, positions) -> torch.Tensor:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from eagle3kit.train.draft import apply_rope
+
+    c = loaded["config"]
+    rc = loaded["rope_config"]
+    p = {k: v.to(torch.float64) for k, v in loaded["params"].items()}
+    eps, H, heads, kv, hd = c["rms_norm_eps"], c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    # The engines of the transformers-4 era read rope_theta / rope_scaling.
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=H, num_attention_heads=heads, head_dim=hd,
+                                              max_position_embeddings=rc["max_position_embeddings"],
+                                              rope_theta=rc.get("rope_theta", 10000.0),
+                                              rope_scaling=rc.get("rope_scaling")))
+    m = "model.midlayer."
+    h = features @ p["model.fc.weight"].T
+    if loaded["norm_before_residual"]:
+        h = _rms(h, p[m + "hidden_norm.weight"], eps)
+        residual, hn = h, h
+    else:
+        residual, hn = h, _rms(h, p[m + "hidden_norm.weight"], eps)
+    x = torch.cat((_rms(embeds, p[m + "input_layernorm.weight"], eps), hn), dim=-1)
+    q, k, v = (x @ p[m + "self_attn.qkv_proj.weight"].T).split([heads * hd, kv * hd, kv * hd], dim=-1)
+    b, t, _ = x.shape
+    q, k, v = (y.view(b, t, -1, hd).transpose(1, 2) for y in (q, k, v))
+    cos, sin = rotary(x, positions)
+    o = _attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v).transpose(1, 2).reshape(b, t, heads * hd)
+    h = residual + o @ p[m + "self_attn.o_proj.weight"].T
+    gate, up = (_rms(h, p[m + "post_attention_layernorm.weight"], eps) @ p[m + "mlp.gate_up_proj.weight"].T).chunk(2, -1)
+    h = h + (torch.nn.functional.silu(gate) * up) @ p[m + "mlp.down_proj.weight"].T
+    logits = _rms(h, p["model.norm.weight"], eps) @ p["lm_head.weight"].T
+    full = torch.full((*logits.shape[:-1], loaded["vocab_size"]), float("-inf"), dtype=logits.dtype)
+    full[..., loaded["hot_token_id"]] = logits
+    return full
+
+
+def eagle3kit_logits(draft_dir: Path, embeds, features, positions) -> torch.Tensor:
+    draft = load_draft(draft_dir, dtype=torch.float64)
+    hidden = draft.fc(features)
+    cos, sin = draft.rope(positions, hidden)
+    logits = draft.logits(draft.layer(embeds, hidden, cos, sin, _attend))
+    full = torch.full((*logits.shape[:-1], draft.config.vocab_size), float("-inf"), dtype=logits.dtype)
+    full[..., draft.draft_ids] = logits
+    return full
+
+
+# --------------------------------------------------------------------------------------------
+# Exports load in their engine
+
+
+@pytest.mark.parametrize("fmt", ["sglang", "vllm", "speculators"])
+def test_export_loads_like_the_engine(draft_dir, tmp_path, fmt):
+    out, warnings, notes = export_draft(draft_dir, fmt, tmp_path / fmt, basepath="tiny/target", num_speculative_tokens=4)
+    assert errors(check_draft(out, fmt)) == []
+    assert (out / MARKER).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+    loaded = LOADERS[fmt](out)
+    assert loaded["dropped"] == [] and loaded["missing"] == []
+    original = load_file(str(draft_dir / WEIGHTS))
+    fused = {
+        "model.midlayer.self_attn.qkv_proj.weight": torch.cat([original[f"midlayer.self_attn.{x}_proj.weight"] for x in "qkv"]),
+        "model.midlayer.mlp.gate_up_proj.weight": torch.cat([original[f"midlayer.mlp.{x}_proj.weight"] for x in ("gate", "up")]),
+    }
+    for name, value in loaded["params"].items():
+        if name == "draft_id_to_target_id":
+            continue
+        ref = fused.get(name)
+        if ref is None:
+            ref = original[name[len("model."):] if name.startswith("model.") else name]
+        assert value.dtype == ref.dtype and torch.equal(value, ref), name  # bit-exact
+
+    draft = load_draft(draft_dir)
+    assert torch.equal(loaded["hot_token_id"], draft.draft_ids)
+    if fmt != "sglang":
+        assert torch.equal(loaded["draft_id_to_target_id"] + torch.arange(DRAFT_VOCAB), loaded["hot_token_id"])
+        assert loaded["draft_id_to_target_id"].dtype == torch.int64
+    assert loaded["capture"] == AUX  # every engine captures the features the draft was trained on
+    assert loaded["norm_before_residual"] is False
+    if fmt == "speculators":
+        assert loaded["verifier"] == "tiny/target" and loaded["num_speculative_tokens"] == 4
+        raw = loaded["speculators_config"]
+        assert raw["norm_before_residual"] is False  # explicit: vLLM's default here is true
+        assert raw["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]
+        assert raw["transformer_layer_config"]["vocab_size"] == VOCAB
+        assert raw["transformer_layer_config"]["max_position_embeddings"] == 131072
+
+    torch.manual_seed(1)
+    embeds, features = torch.randn(2, 7, 32, dtype=torch.float64), torch.randn(2, 7, 96, dtype=torch.float64)
+    positions = torch.arange(7).expand(2, 7) + torch.tensor([[0], [20000]])  # past 8192: llama3 scaling matters
+    ours = eagle3kit_logits(draft_dir, embeds, features, positions)
+    theirs = engine_logits(loaded, embeds, features, positions)
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    torch.testing.assert_close(theirs, ours, rtol=1e-9, atol=1e-9)
+    # and eagle3kit reads its own export back
+    torch.testing.assert_close(eagle3kit_logits(out, embeds, features, positions), ours, rtol=0, atol=0)
+
+
+def test_export_with_a_target_folder_records_and_compares_it(draft_dir, tmp_path):
+    target = write_target(tmp_path / "target", architectures=["MyLlamaForCausalLM"])
+    out, warnings, _ = export_draft(draft_dir, "speculators", tmp_path / "spec", basepath=str(target))
+    assert warnings == []
+    raw = json.loads((out / CONFIG).read_text())
+    assert raw["speculators_config"]["verifier"] == {"name_or_path": str(target), "architectures": ["MyLlamaForCausalLM"]}
+    # A target with a longer context: the export is refused and nothing is written.
+    short = write_target(tmp_path / "long", max_position_embeddings=262144)
+    with pytest.raises(UserError, match="max_position_embeddings"):
+        export_draft(draft_dir, "sglang", tmp_path / "refused", basepath=str(short))
+    assert not (tmp_path / "refused").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_a_broken_draft_and_foreign_out(draft_dir, tmp_path):
+    broken = mutate(draft_dir, tmp_path / "nan", tensors=lambda t: t["fc.weight"].__setitem__((0, 0), float("nan")))
+    with pytest.raises(UserError, match="fc.weight"):
+        export_draft(broken, "vllm", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not written by eagle3kit export"):
+        export_draft(draft_dir, "vllm", foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="--basepath"):
+        export_draft(draft_dir, "speculators", tmp_path / "spec")
+    with pytest.raises(UserError, match="draft folder itself"):
+        export_draft(draft_dir, "vllm", draft_dir)
+    # An export of its own is replaced.
+    out, _, _ = export_draft(draft_dir, "vllm", tmp_path / "again")
+    (out / "stale.safetensors").write_bytes(b"")
+    export_draft(draft_dir, "sglang", tmp_path / "again")
+    assert not (out / "stale.safetensors").exists()
+    assert json.loads((out / MARKER).read_text())["format"] == "sglang"
+
+
+def test_export_normalises_a_foreign_layout(draft_dir, tmp_path):
+    """model.-prefixed and layers.0.* keys, int32 d2t and no t2d: every export is clean."""
+    def tensors(t):
+        for k in list(t):
+            v = t.pop(k)
+            if k == "t2d":
+                continue
+            if k == "d2t":
+                v = v.to(torch.int32)
+            t["model." + k.replace("midlayer.", "layers.0.")] = v
+
+    foreign = mutate(draft_dir, tmp_path / "foreign", tensors=tensors)
+    assert errors(check_draft(foreign, "vllm"))  # model. prefix
+    assert errors(check_draft(foreign, "sglang"))  # layers.0.*
+    for fmt in ("sglang", "vllm", "speculators"):
+        out, _, notes = export_draft(foreign, fmt, tmp_path / fmt, basepath="tiny/target")
+        assert "t2d rebuilt from d2t" in notes
+        loaded = LOADERS[fmt](out)
+        assert loaded["dropped"] == [] and loaded["missing"] == []
+        assert torch.equal(loaded["hot_token_id"], load_draft(draft_dir).draft_ids)
+        assert torch.equal(load_file(str(out / WEIGHTS))["t2d"], load_file(str(draft_dir / WEIGHTS))["t2d"])
+
+
+# --------------------------------------------------------------------------------------------
+# --check
+
+
+def test_check_a_good_draft(draft_dir, tmp_path):
+    assert check_draft(draft_dir) == []
+    for fmt in ("sglang", "vllm"):
+        assert check_draft(draft_dir, fmt) == []
+    target = write_target(tmp_path / "target")
+    assert check_draft(draft_dir, basepath=str(target)) == []
+
+
+def test_check_names_each_problem(draft_dir, tmp_path):
+    def case(name, config=None, tensors=None):
+        return mutate(draft_dir, tmp_path / name, config=config, tensors=tensors)
+
+    p = check_draft(case("missing", tensors=lambda t: t.pop("norm.weight")))
+    find(p, "norm.weight", text="missing")
+
+    def stray(t):
+        t["layers.0.mlp.down_proj.weight"] = t.pop("midlayer.mlp.down_proj.weight")
+
+    folder = case("layers0", tensors=stray)
+    find(check_draft(folder, "sglang"), "layers.0.*", text="(layers.0.mlp.down_proj.weight): SGLang only knows midlayer")
+    assert errors(check_draft(folder, "vllm")) == []  # vLLM renames midlayer. itself and knows layers.0.
+    find(check_draft(folder), "layers.0.*", "warning", text="SGLang cannot load it")
+
+    p = check_draft(case("unknown", tensors=lambda t: t.__setitem__("verifier_lm_head.weight", t["lm_head.weight"].clone())), "vllm")
+    find(p, "verifier_lm_head.weight", text="KeyError")
+    p = check_draft(case("embed", tensors=lambda t: t.__setitem__("embed_tokens.weight", torch.zeros(VOCAB, 32))), "sglang")
+    assert errors(p) == []
+    find(p, "embed_tokens.weight", "warning", text="replaces")
+
+    p = check_draft(case("shape", tensors=lambda t: t.__setitem__("fc.weight", t["fc.weight"][:, :64].contiguous())))
+    find(p, "fc.weight", text="expected [32, 96]")
+    p = check_draft(case("kshape", tensors=lambda t: t.__setitem__("midlayer.self_attn.k_proj.weight",
+                                                                   torch.zeros(32, 64, dtype=torch.bfloat16))))
+    find(p, "midlayer.self_attn.k_proj.weight", text="[16, 64]")
+
+    def swap(t):
+        ids = torch.arange(DRAFT_VOCAB) + t["d2t"]
+        ids[[3, 4]] = ids[[4, 3]]
+        t["d2t"] = ids - torch.arange(DRAFT_VOCAB)
+
+    p = check_draft(case("order", tensors=swap))
+    find(p, "d2t", text="strictly increasing")
+    assert [e.key for e in errors(p)] == ["d2t"]
+
+    def flip(t):
+        t2d = t["t2d"].clone()
+        on, off = t2d.nonzero()[0], (~t2d).nonzero()[0]
+        t2d[on], t2d[off] = False, True
+        t["t2d"] = t2d
+
+    p = check_draft(case("t2d", tensors=flip))
+    find(p, "t2d", text="disagrees with d2t")
+    p = check_draft(case("t2dcount", tensors=lambda t: t["t2d"].__setitem__((~t["t2d"]).nonzero()[0], True)))
+    find(p, "t2d", text="marks 41 target ids")
+    p = check_draft(case("d2trange", tensors=lambda t: t["d2t"].__setitem__(-1, VOCAB)))
+    find(p, "d2t", text="outside the vocabulary")
+
+    p = check_draft(case("nan", tensors=lambda t: t["midlayer.mlp.up_proj.weight"].__setitem__((1, 1), float("inf"))))
+    find(p, "midlayer.mlp.up_proj.weight", text="infinite")
+
+    p = check_draft(case("offbyone", config=lambda c: c["eagle_config"].__setitem__("eagle_aux_hidden_state_layer_ids", AUX)))
+    find(p, "eagle_config.eagle_aux_hidden_state_layer_ids", text="same list is written in both places")
+    p = check_draft(case("offbytwo", config=lambda c: c["eagle_config"].__setitem__(
+        "eagle_aux_hidden_state_layer_ids", [i - 2 for i in AUX])))
+    find(p, "eagle_config.eagle_aux_hidden_state_layer_ids", text="nested + 1 must equal")
+
+    p = check_draft(case("nbr", config=lambda c: c.__setitem__("norm_before_residual", True)), "sglang")
+    find(p, "norm_before_residual", text="SGLang does not read it")
+    p = check_draft(case("layers", config=lambda c: c.__setitem__("num_hidden_layers", 2)))
+    find(p, "num_hidden_layers")
+    p = check_draft(case("tie", config=lambda c: c.__setitem__("tie_word_embeddings", True)))
+    find(p, "tie_word_embeddings")
+    p = check_draft(case("dvs", config=lambda c: c.pop("draft_vocab_size")), "sglang")
+    find(p, "draft_vocab_size", text="SGLang reads")
+    p = check_draft(case("arch", config=lambda c: c.__setitem__("architectures", ["LlamaForCausalLM"])), "sglang")
+    find(p, "architectures", text="LlamaForCausalLMEagle3")
+    p = check_draft(case("rope", config=lambda c: c.__setitem__("rope_theta", 10000.0)))
+    find(p, "rope_parameters", text="disagrees")
+
+    def prefix(t):
+        for k in list(t):
+            t["model." + k] = t.pop(k)
+
+    folder = case("prefix", tensors=prefix)
+    find(check_draft(folder, "vllm"), "model.*", text="model.fc.weight")
+    assert [e.key for e in errors(check_draft(folder, "sglang"))] == ["model.lm_head.weight"]
+    p = check_draft(case("bias", tensors=lambda t: t.__setitem__("fc.bias", torch.zeros(32, dtype=torch.bfloat16))), "vllm")
+    find(p, "fc.bias", text="no bias")
+    p = check_draft(tmp_path / "nowhere")
+    assert p[0].is_error and "not a folder" in p[0].message
+
+
+def test_check_against_the_target(draft_dir, tmp_path):
+    folder = mutate(draft_dir, tmp_path / "short", config=lambda c: c.__setitem__("max_position_embeddings", 2048))
+    target = write_target(tmp_path / "target")
+    find(check_draft(folder, basepath=str(target)), "max_position_embeddings", text="acceptance collapses")
+    find(check_draft(draft_dir, basepath=str(write_target(tmp_path / "t2", rope_scaling=None, rope_theta=10000.0))),
+         "rope_theta/rope_scaling", text="rope_theta 500000 vs the target's 10000")
+    p = check_draft(draft_dir, basepath=str(write_target(tmp_path / "t3", vocab_size=128, hidden_size=64,
+                                                         num_attention_heads=8)))
+    find(p, "vocab_size", text="128")
+    find(p, "target_hidden_size", text="64")
+    find(p, "embed_tokens.weight", text="missing")
+    # ids the target never captures (6 layers: indices 1..5)
+    find(check_draft(draft_dir, basepath=str(write_target(tmp_path / "t4", num_hidden_layers=6))),
+         "eagle_aux_hidden_state_layer_ids", text="never captured")
+    # SGLang ignores the top-level list: without the nested one it captures the defaults, which differ here
+    folder = mutate(draft_dir, tmp_path / "nonested", config=lambda c: c.pop("eagle_config"))
+    deep = str(write_target(tmp_path / "t5", num_hidden_layers=16))  # defaults [2, 8, 13], not the draft's
+    find(check_draft(folder, "sglang", basepath=deep), "eagle_config.eagle_aux_hidden_state_layer_ids",
+         text="SGLang reads only this nested list")
+    assert errors(check_draft(folder, "vllm", basepath=deep)) == []
+    # with the target's defaults (12 layers: [2, 6, 9]) the missing nested list is harmless
+    assert errors(check_draft(folder, "sglang", basepath=str(target))) == []
+
+
+def eagle_reference(tmp_path: Path, bin_file: bool = False) -> Path:
+    """A SafeAILab EAGLE traineagle3-style folder (scaled down): plain LlamaForCausalLM config, no rope,
+    max_position_embeddings 2048, no eagle_config; midlayer.* keys, d2t, t2d, no embed_tokens."""
+    draft = make_draft(seed=3)
+    folder = tmp_path / "eagle"
+    folder.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+              "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 2048,
+              "model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1,
+              "pad_token_id": 0, "rms_norm_eps": 1e-05, "tie_word_embeddings": False, "torch_dtype": "float16",
+              "transformers_version": "4.28.1", "use_cache": True, "vocab_size": VOCAB, "draft_vocab_size": DRAFT_VOCAB}
+    (folder / CONFIG).write_text(json.dumps(config))
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in draft.state_dict().items()}
+    if bin_file:
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        save_file(state, str(folder / WEIGHTS))
+    return folder
+
+
+@pytest.mark.parametrize("bin_file", [False, True])
+def test_check_an_eagle_reference_checkpoint(tmp_path, bin_file):
+    folder = eagle_reference(tmp_path, bin_file)
+    p = check_draft(folder)
+    assert errors(p) == []
+    find(p, "eagle_aux_hidden_state_layer_ids", "warning", text="defaults")
+    find(p, "max_position_embeddings", "warning", text="2048")
+    find(p, "rope_theta", "warning", text="500000")
+    find(p, "architectures", "warning", text="SGLang cannot load it as is")
+    find(check_draft(folder, "sglang"), "architectures")
+    assert errors(check_draft(folder, "vllm")) == []  # vLLM renames LlamaForCausalLM to Eagle3LlamaForCausalLM
+
+    out, warnings, _ = export_draft(folder, "sglang", tmp_path / "sglang")
+    find(warnings, "max_position_embeddings", "warning", text="2048")
+    loaded = sglang_load(out)
+    assert loaded["dropped"] == [] and loaded["missing"] == []
+    assert loaded["capture"] == [2, TARGET_LAYERS // 2, TARGET_LAYERS - 3]  # no ids: the defaults
+    assert "eagle_aux_hidden_state_layer_ids" not in json.loads((out / CONFIG).read_text())
+    assert loaded["params"]["model.fc.weight"].dtype == torch.float16
+    # With the real target, the 2048 positions are an error.
+    find(check_draft(folder, basepath=str(write_target(tmp_path / "target"))), "max_position_embeddings",
+         text="acceptance collapses")
+
+
+def test_check_a_speculators_folder_from_elsewhere(draft_dir, tmp_path):
+    out, _, _ = export_draft(draft_dir, "speculators", tmp_path / "spec", basepath="tiny/target")
+    assert errors(check_draft(out)) == []
+    assert errors(check_draft(out, "vllm")) == []
+    find(check_draft(out, "sglang"), "speculators_config", text="SGLang cannot read it")
+    folder = mutate(out, tmp_path / "elsewhere", config=lambda c: (c.pop("norm_before_residual"), c.__setitem__("model_type", "llama")))
+    p = check_draft(folder)
+    find(p, "norm_before_residual", text="assumes true")
+    find(p, "model_type", text="top level")
+    # the speculators loader's own default, so an export of it to SGLang is refused
+    plain = mutate(out, tmp_path / "nonbr", config=lambda c: c.pop("norm_before_residual"))
+    with pytest.raises(UserError, match="norm_before_residual"):
+        export_draft(plain, "sglang", tmp_path / "sg")
+    # and a speculators draft goes back to the SGLang layout
+    back, _, _ = export_draft(out, "sglang", tmp_path / "back")
+    assert torch.equal(sglang_load(back)["hot_token_id"], load_draft(draft_dir).draft_ids)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), env=WIDE, catch_exceptions=False)
+
+
+def test_cli_check_and_export(draft_dir, tmp_path):
+    result = invoke("export", "--check", str(draft_dir))
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.stdout and "draft vocab 40" in result.stdout and "loads in: SGLang, vLLM" in result.stdout
+
+    broken = mutate(draft_dir, tmp_path / "broken", tensors=lambda t: t.pop("lm_head.weight"))
+    result = invoke("export", "--check", str(broken))
+    assert result.exit_code == 2
+    assert "lm_head.weight" in result.stdout and "missing" in result.stdout
+    assert "Error:" in result.stderr and "1 error(s)" in result.stderr
+
+    out = tmp_path / "vllm-out"
+    result = invoke("export", str(draft_dir), "--to", "vllm", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / WEIGHTS).is_file() and "--speculative-config" in result.stdout and '"eagle3"' in result.stdout
+    assert set(load_file(str(out / WEIGHTS))) == set(REQUIRED_KEYS)
+
+    result = invoke("export", str(draft_dir), "--to", "speculators", "--out", str(tmp_path / "spec"))
+    assert result.exit_code == 2 and "--basepath" in result.stderr
+    result = invoke("export", str(broken), "--to", "sglang", "--out", str(tmp_path / "sg"))
+    assert result.exit_code == 2 and "lm_head.weight" in result.stderr
+    assert not (tmp_path / "sg").exists()
+
+
+def test_check_command_returns_warnings(tmp_path, capsys):
+    folder = eagle_reference(tmp_path)
+    problems = check_command(folder)
+    assert problems and not errors(problems)
+    assert "OK" in capsys.readouterr().out
+    with pytest.raises(UserError, match="error"):
+        check_command(folder, fmt="sglang")

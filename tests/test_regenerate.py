@@ -1,0 +1,587 @@
+"""``eagle3kit regenerate``: every assistant answer replaced by the target's own.
+
+The server backend runs against a small OpenAI-compatible server started on 127.0.0.1
+(tests/regen_server.py) with canned answers, failures and a gate that holds requests
+(for a client killed midway and resumed); the in-process backend runs on a tiny Llama
+target built once per session, and a server that serves that same target must give the
+same answers. Nothing sleeps: back-off is switched off (``backoff_base=0``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLES, read_jsonl, write_jsonl
+from regen_server import ChatServer, echo_answer, last_user
+from eagle3kit.errors import UserError
+from eagle3kit.regenerate import (
+    Item,
+    RegenConfig,
+    apply_system_prompt,
+    chat_completions_url,
+    keep_think,
+    manifest_path,
+    prompt_messages,
+    read_work,
+    run_regenerate,
+    source_digest,
+    strip_think,
+    work_path,
+)
+from eagle3kit.ui import UI
+
+
+# --------------------------------------------------------------------------- data
+def convo(*pairs, system=None):
+    conversation = [{"from": "system", "value": system}] if system else []
+    for human, gpt in pairs:
+        conversation += [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
+    return conversation
+
+
+def records(n_plain: int = 8) -> list[dict]:
+    """Records with 1-3 assistant turns, a system message, and one without any answer."""
+    out = [
+        {"id": "sys", "conversations": convo(("Hello there", "old 1"), ("And then?", "old 2"), system="Be kind.")},
+        {"id": "three", "conversations": convo(("q one", "a"), ("q two", "b"), ("q three", "c"))},
+        {"id": "noanswer", "conversations": [{"from": "human", "value": "a question left open"}]},
+        {"id": "one", "conversations": convo(("single question", "old"))},
+    ]
+    out += [{"id": f"r{i}", "conversations": convo((f"first {i}", "x"), (f"second {i}", "y"))} for i in range(n_plain)]
+    return out
+
+
+def echo_expected(record: dict, system_prompt: str | None = None) -> list[dict]:
+    """The conversation the echo server's answers make of ``record``."""
+    conversation = apply_system_prompt(record["conversations"], system_prompt)
+    out, turn, user = [], 0, ""
+    for m in conversation:
+        if m["from"] == "gpt":
+            out.append({"from": "gpt", "value": f"echo {turn}: {user}"})
+            turn += 1
+        else:
+            user = m["value"] if m["from"] == "human" else user
+            out.append(dict(m))
+    return out
+
+
+def answers_of(rs) -> int:
+    return sum(m["from"] == "gpt" for r in rs for m in r["conversations"])
+
+
+def server_cfg(tmp_path: Path, server: ChatServer, input_path: Path, **kw) -> RegenConfig:
+    options = dict(basepath="tiny", input_path=str(input_path), out_path=str(tmp_path / "out" / "regen.jsonl"),
+                   server=server.url, concurrency=4, retries=2, timeout=30.0, max_new_tokens=64, backoff_base=0.0)
+    options.update(kw)
+    return RegenConfig(**options)
+
+
+class Recording(UI):
+    def __init__(self):
+        self.logs, self.warnings = [], []
+
+    def log(self, message):
+        self.logs.append(message)
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds (the test fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        tick.wait(0.02)
+
+
+# --------------------------------------------------------------------------- pure helpers
+def test_file_names_beside_the_output(tmp_path):
+    assert manifest_path(tmp_path / "regen.jsonl") == tmp_path / "regen.manifest.json"
+    assert work_path(tmp_path / "regen.jsonl") == tmp_path / "regen.partial.jsonl"
+    assert manifest_path("data/out") == Path("data/out.manifest.json")
+
+
+@pytest.mark.parametrize("text, dropped", [
+    ("<think>\nplan it\n</think>\n\nThe answer.", "The answer."),
+    ("  <think>a</think>b", "b"),
+    ("<think>never closed because it ran out", ""),
+    ("plan without opening tag</think>\n\nThe answer.", "The answer."),
+    ("No thinking here.\n", "No thinking here."),
+    ("Text mentioning <think> later </think> stays", "Text mentioning <think> later </think> stays"),
+])
+def test_reasoning_drop(text, dropped):
+    assert strip_think(text) == dropped
+
+
+def test_reasoning_keep():
+    assert keep_think("<think>a</think>\n\nb") == "<think>a</think>\n\nb"
+    assert keep_think("plan</think>\n\nb") == "<think>\nplan</think>\n\nb"  # opening tag was in the prompt
+    assert keep_think("b", reasoning="plan") == "<think>\nplan\n</think>\n\nb"
+
+
+def test_server_urls():
+    assert chat_completions_url("http://localhost:8000/v1") == ("http", "localhost", 8000, "/v1")
+    assert chat_completions_url("http://h:1/v1/chat/completions") == ("http", "h", 1, "/v1")
+    assert chat_completions_url("localhost:30000") == ("http", "localhost", 30000, "/v1")
+    assert chat_completions_url("https://api.example.com/openai/v1/") == ("https", "api.example.com", 443, "/openai/v1")
+    with pytest.raises(UserError, match="expected a URL"):
+        chat_completions_url("ftp://x/v1")
+
+
+def test_prompt_holds_the_regenerated_answers_and_the_system_prompt():
+    conversation = apply_system_prompt(convo(("h0", "g0"), ("h1", "g1"), ("h2", "g2"), system="old"), "new")
+    assert conversation[0] == {"from": "system", "value": "new"}
+    assert apply_system_prompt(convo(("h", "g")), "S")[0] == {"from": "system", "value": "S"}
+    assert apply_system_prompt(convo(("h", "g"), system="old"), "") == convo(("h", "g"))
+    turns = [i for i, m in enumerate(conversation) if m["from"] == "gpt"]
+    item = Item(0, "k", "k", conversation, turns, source_digest(conversation))
+    assert prompt_messages(item, [], 0) == [{"role": "system", "content": "new"}, {"role": "user", "content": "h0"}]
+    assert prompt_messages(item, ["R0", "R1"], 2) == [
+        {"role": "system", "content": "new"}, {"role": "user", "content": "h0"}, {"role": "assistant", "content": "R0"},
+        {"role": "user", "content": "h1"}, {"role": "assistant", "content": "R1"}, {"role": "user", "content": "h2"}]
+    # the digest ignores the answers, not the questions
+    assert source_digest(convo(("h", "a"))) == source_digest(convo(("h", "b"))) != source_digest(convo(("H", "a")))
+
+
+def test_work_file_with_a_torn_last_line(tmp_path):
+    path = tmp_path / "w.partial.jsonl"
+    path.write_bytes(b'{"header": {"settings": {}}}\n{"key": "a", "src": "s", "turn": 0, "answer": "x"}\n'
+                     b'not json\n{"key": "b", "src": "s", "tu')
+    ui = Recording()
+    header, entries, good = read_work(path, ui)
+    assert header == {"settings": {}} and [e["key"] for e in entries] == ["a"]
+    assert good == len(path.read_bytes()) - len(b'{"key": "b", "src": "s", "tu')
+    assert any("unfinished last line" in w for w in ui.warnings) and any("1 unreadable" in w for w in ui.warnings)
+
+
+# --------------------------------------------------------------------------- server backend
+def test_server_regenerates_turn_by_turn(tmp_path):
+    rs = records()
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    with ChatServer() as server:
+        cfg = server_cfg(tmp_path, server, src, temperature=0.7, top_p=0.9, seed=5, max_new_tokens=33)
+        manifest = run_regenerate(cfg, Recording())
+        payloads = server.answered()
+    out = read_jsonl(Path(cfg.out_path))
+    kept = [r for r in rs if r["id"] != "noanswer"]
+    assert [r["id"] for r in out] == [r["id"] for r in kept]  # input order, the skipped one left out
+    for got, record in zip(out, kept):
+        assert got["conversations"] == echo_expected(record)
+        assert got["truncated_turns"] == []
+    # turn k's prompt holds the regenerated answers of turns < k, never the original ones
+    assert len(payloads) == answers_of(kept)
+    for p in payloads:
+        assert p["model"] == "tiny" and p["max_tokens"] == 33 and p["temperature"] == 0.7 and p["top_p"] == 0.9
+        assert isinstance(p["seed"], int)
+        for k, m in enumerate(x for x in p["messages"] if x["role"] == "assistant"):
+            assert m["content"].startswith(f"echo {k}: ")
+    three = [p for p in payloads if last_user(p["messages"]) == "q three"][0]
+    assert [m["content"] for m in three["messages"]] == ["q one", "echo 0: q one", "q two", "echo 1: q two", "q three"]
+    assert len({p["seed"] for p in payloads}) > 1  # a seed per request, derived from --seed
+    assert manifest["read"] == len(rs) == manifest["regenerated"] + manifest["failed"] + manifest["skipped"]
+    assert (manifest["regenerated"], manifest["failed"], manifest["skipped"]) == (len(kept), 0, 1)
+    assert manifest["answers"] == answers_of(kept) and manifest["truncated_answers"] == 0
+    assert manifest["backend"] == "server" and manifest["model"] == "tiny" and manifest["server"] == server.url
+    assert manifest["conversations_per_s"] > 0 and manifest["tokens_per_s"] > 0
+    assert manifest["settings"]["max_new_tokens"] == 33 and manifest["settings"]["seed"] == 5
+    assert json.loads(manifest_path(cfg.out_path).read_text()) == manifest
+    assert not work_path(cfg.out_path).exists()
+    # train takes it as is
+    from eagle3kit.train.data import read_unified
+
+    assert [r["id"] for r in read_unified(cfg.out_path)] == [r["id"] for r in kept]
+
+
+def flaky(payload, attempt):
+    """500 on the first try of every third prompt, 429 on the first try of every fifth,
+    a permanent 400 for the poisoned one."""
+    text = last_user(payload["messages"])
+    if "POISON" in text:
+        return 400, {"error": {"message": "this prompt is not allowed", "type": "BadRequestError"}}
+    digest = sum(map(ord, text))
+    if attempt == 0 and digest % 3 == 0:
+        return 500, "Internal Server Error"
+    if attempt == 0 and digest % 5 == 0:
+        return 429, {"error": {"message": "slow down"}}
+    return None
+
+
+def long_answers(payload):
+    text = last_user(payload["messages"])
+    if "LONG" in text:
+        return {"content": "cut short", "finish_reason": "length"}
+    return echo_answer(payload["messages"])
+
+
+def test_server_failures_retries_truncation_and_resume(tmp_path):
+    rs = records()
+    rs.insert(2, {"id": "poison", "conversations": convo(("fine", "x"), ("POISON here", "y"))})
+    rs.append({"id": "long", "conversations": convo(("LONG please", "x"), ("short", "y"))})
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    with ChatServer(answer=long_answers, fail=flaky) as server:
+        cfg = server_cfg(tmp_path, server, src, retries=1)
+        ui = Recording()
+        manifest = run_regenerate(cfg, ui)
+        statuses = [s for _, s in server.requests]
+    assert 500 in statuses and 429 in statuses  # retried ...
+    assert manifest["failed"] == 1  # ... and only the 400 is a failure
+    assert manifest["failures"] == [{"id": "poison", "turn": 1,
+                                     "reason": "HTTP 400: this prompt is not allowed"}]
+    assert manifest["failure_reasons"] == {"HTTP 400: this prompt is not allowed": 1}
+    assert any("'poison' failed at assistant turn 1: HTTP 400" in w for w in ui.warnings)
+    assert manifest["read"] == len(rs) == manifest["regenerated"] + manifest["failed"] + manifest["skipped"]
+    assert manifest["truncated_answers"] == 1
+    out = {r["id"]: r for r in read_jsonl(Path(cfg.out_path))}
+    assert "poison" not in out and out["long"]["truncated_turns"] == [0]
+    assert out["long"]["conversations"][1]["value"] == "cut short"
+
+    # --resume retries the failed record, and only it (all its turns: a finished run keeps no partial records)
+    with ChatServer(answer=long_answers) as healthy:
+        again = run_regenerate(server_cfg(tmp_path, healthy, src, resume=True), Recording())
+        asked = healthy.answered()
+    assert [last_user(p["messages"]) for p in asked] == ["fine", "POISON here"]
+    assert (again["failed"], again["regenerated"], again["done_before"]) == (0, len(rs) - 1, len(rs) - 2)
+    assert again["truncated_answers"] == 1  # the mark survives the resume
+    out = read_jsonl(Path(cfg.out_path))
+    assert [r["id"] for r in out] == [r["id"] for r in rs if r["id"] != "noanswer"]
+
+
+def test_retries_exhausted_and_a_server_that_is_down(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", records(4))
+
+    def always_503(payload, attempt):
+        return (503, {"error": {"message": "overloaded"}}) if "q two" in last_user(payload["messages"]) else None
+
+    with ChatServer(fail=always_503) as server:
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, retries=2), Recording())
+        tries = [s for p, s in server.requests if last_user(p["messages"]) == "q two"]
+    assert tries == [503, 503, 503]
+    assert manifest["failures"] == [{"id": "three", "turn": 1, "reason": "HTTP 503: overloaded (after 3 attempts)"}]
+
+    # nothing listening: a clear error at once, nothing written
+    with ChatServer() as gone:
+        pass  # its port is closed now
+    cfg = server_cfg(tmp_path, gone, src, overwrite=True)
+    with pytest.raises(UserError, match="cannot reach the server"):
+        run_regenerate(cfg, Recording())
+    assert not work_path(cfg.out_path).exists()
+
+    # every request failing: the run stops early, keeps its work, and resumes later
+    with ChatServer(fail=lambda p, a: (502, "Bad Gateway")) as down:
+        cfg = server_cfg(tmp_path, down, src, overwrite=True, retries=0, concurrency=1, max_consecutive_failures=3)
+        with pytest.raises(UserError, match="3 records in a row failed.*looks down.*--resume"):
+            run_regenerate(cfg, Recording())
+        assert 3 <= len(down.requests) <= 4  # the one worker may have sent its next request meanwhile
+    assert work_path(cfg.out_path).exists() and not Path(cfg.out_path).exists()
+    with ChatServer() as up:
+        manifest = run_regenerate(server_cfg(tmp_path, up, src, resume=True), Recording())
+    assert manifest["failed"] == 0 and manifest["regenerated"] == len(records(4)) - 1
+
+
+def test_existing_output_needs_resume_or_overwrite(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", records(3))
+    with ChatServer() as server:
+        cfg = server_cfg(tmp_path, server, src)
+        run_regenerate(cfg, Recording())
+        first = Path(cfg.out_path).read_text()
+        with pytest.raises(UserError, match="already exists: pass --resume .* or --overwrite"):
+            run_regenerate(cfg, Recording())
+        with pytest.raises(UserError, match="exclude each other"):
+            run_regenerate(server_cfg(tmp_path, server, src, resume=True, overwrite=True), Recording())
+        server.clear()
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, resume=True), Recording())
+        assert server.requests == [] and Path(cfg.out_path).read_text() == first  # nothing left to do
+        assert manifest["done_before"] == manifest["regenerated"] and manifest["conversations_per_s"] is None
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, overwrite=True), Recording())
+        assert len(server.answered()) == manifest["answers"] and manifest["done_before"] == 0
+        assert Path(cfg.out_path).read_text() == first
+        # a work file alone also needs a flag
+        work_path(cfg.out_path).write_text("")
+        Path(cfg.out_path).unlink()
+        with pytest.raises(UserError, match="regen.partial.jsonl already exists"):
+            run_regenerate(cfg, Recording())
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", records(2))
+    with ChatServer() as server:
+        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16), Recording())
+        with pytest.raises(UserError, match=r"max_new_tokens 16 -> 32.*--overwrite"):
+            run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=32, resume=True), Recording())
+        # settings that do not change answers may change
+        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16, resume=True, concurrency=1), Recording())
+
+
+def test_resume_regenerates_records_whose_questions_changed(tmp_path):
+    rs = records(2)
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    with ChatServer() as server:
+        cfg = server_cfg(tmp_path, server, src)
+        run_regenerate(cfg, Recording())
+        rs[0]["conversations"][1]["value"] = "Hello again"  # a human message changed
+        rs[1]["conversations"][1]["value"] = "new original answer"  # an answer changed: no matter
+        write_jsonl(src, rs)
+        server.clear()
+        ui = Recording()
+        run_regenerate(server_cfg(tmp_path, server, src, resume=True), ui)
+        assert {last_user(p["messages"]) for p in server.answered()} == {"Hello again", "And then?"}
+    assert any("changed" in w for w in ui.warnings)
+    out = read_jsonl(Path(cfg.out_path))
+    assert out[0]["conversations"] == echo_expected(rs[0])
+
+
+def test_reasoning_keep_and_drop(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "conversations": convo(("x", "y"), ("z", "w"))}])
+
+    def thinking(payload):
+        if last_user(payload["messages"]) == "x":  # a server with a reasoning parser
+            return {"content": "answer x", "reasoning_content": "let me see"}
+        return {"content": "<think>\nhmm\n</think>\n\nanswer z"}  # one without
+
+    with ChatServer(answer=thinking) as server:
+        run_regenerate(server_cfg(tmp_path, server, src, reasoning="drop"), Recording())
+        dropped = read_jsonl(tmp_path / "out" / "regen.jsonl")[0]["conversations"]
+        second_prompt = server.answered()[1]["messages"]
+        run_regenerate(server_cfg(tmp_path, server, src, reasoning="keep", overwrite=True), Recording())
+        kept = read_jsonl(tmp_path / "out" / "regen.jsonl")[0]["conversations"]
+    assert [m["value"] for m in dropped if m["from"] == "gpt"] == ["answer x", "answer z"]
+    assert second_prompt[1] == {"role": "assistant", "content": "answer x"}
+    assert [m["value"] for m in kept if m["from"] == "gpt"] == ["<think>\nlet me see\n</think>\n\nanswer x",
+                                                                 "<think>\nhmm\n</think>\n\nanswer z"]
+
+
+def test_system_prompt_limit_and_repeated_ids(tmp_path):
+    rs = records(4)
+    rs[5]["id"] = rs[4]["id"]  # two records with one id
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    with ChatServer() as server:
+        ui = Recording()
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, system_prompt="You are terse.", limit=6), ui)
+        payloads = server.answered()
+    assert manifest["read"] == 6
+    assert all(p["messages"][0] == {"role": "system", "content": "You are terse."} for p in payloads)
+    out = read_jsonl(tmp_path / "out" / "regen.jsonl")
+    assert [r["id"] for r in out] == ["sys", "three", "one", "r0", "r0"]
+    assert [r["conversations"] for r in out] == [echo_expected(r, "You are terse.") for r in rs[:6] if r["id"] != "noanswer"]
+    assert any("repeat an earlier id" in w for w in ui.warnings)
+
+
+def test_the_model_name_is_checked_against_the_server(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", records(1))
+    with ChatServer(models=("a", "b")) as server:
+        with pytest.raises(UserError, match="serves 'a', 'b', not 'tiny'; pass --model"):
+            run_regenerate(server_cfg(tmp_path, server, src), Recording())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, server_model="b", overwrite=True), Recording())
+        assert manifest["model"] == "b" and {p["model"] for p in server.answered()} == {"b"}
+
+
+def test_killed_midway_and_resumed_loses_and_duplicates_nothing(tmp_path):
+    rs = [{"id": f"k{i}", "conversations": convo((f"first {i}", "x"), (f"second {i}", "y"))} for i in range(12)]
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    out = tmp_path / "regen.jsonl"
+    work = work_path(out)
+    args = [sys.executable, "-m", "eagle3kit", "regenerate", "--basepath", "tiny", "--input", str(src), "--out", str(out),
+            "--concurrency", "2", "--max-new-tokens", "16"]
+    with ChatServer(hold_from=6) as server:  # answers 6 requests, then holds every one
+        with open(tmp_path / "log1", "w") as log:
+            proc = subprocess.Popen(args + ["--server", server.url], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: server.held == 2 and work.exists() and len(work.read_bytes().splitlines()) == 7,
+                         what="6 answers in the work file")
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        server.gate.set()  # the two held requests are answered to a client that is gone
+        wait_for(lambda: len(server.requests) == 8, what="the held requests to end")
+        assert not out.exists()
+        lines = work.read_text().splitlines()
+        assert len(lines) == 7 and "header" in json.loads(lines[0])
+        saved = [json.loads(line) for line in lines[1:]]
+        with open(work, "ab") as f:  # as if killed in the middle of writing a line
+            f.write(b'{"key": "k11", "src": "')
+        server.clear()
+        resumed = subprocess.run(args + ["--server", server.url, "--resume"], capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        asked = server.answered()
+    assert "unfinished last line" in resumed.stderr
+    # only what was not saved is asked again
+    assert len(asked) == 24 - len(saved)
+    done = {(e["key"], e["turn"]) for e in saved}
+    assert all(("k" + last_user(p["messages"]).split()[1], int(last_user(p["messages"]).startswith("second")))
+               not in done for p in asked)
+    regenerated = read_jsonl(out)
+    assert [r["id"] for r in regenerated] == [r["id"] for r in rs]  # each once, in input order
+    assert [r["conversations"] for r in regenerated] == [echo_expected(r) for r in rs]
+    manifest = json.loads(manifest_path(out).read_text())
+    assert (manifest["read"], manifest["regenerated"], manifest["failed"], manifest["answers"]) == (12, 12, 0, 24)
+    assert manifest["this_run"]["answers"] == 24 - len(saved)
+    assert not work.exists()
+
+
+# --------------------------------------------------------------------------- in-process backend
+def sample_conversations() -> list[list[dict]]:
+    from eagle3kit.unified import clean_messages
+
+    conversations = []
+    with open(SAMPLES / "ultrachat_sample.jsonl", encoding="utf-8") as f:
+        for line in f:
+            raw = json.loads(line)
+            conversation, _ = clean_messages([{"from": m["role"], "value": m["content"]} for m in raw["messages"]])
+            if conversation:
+                conversations.append(conversation)
+    return conversations
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide Llama with a Llama-3-style chat template, trained briefly on
+    150 sample conversations (it learns to end its answers with <|eot_id|>)."""
+    import torch
+
+    from eagle3kit.tiny import build_tiny_target
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_thread
+    try:
+        return build_tiny_target(tmp_path_factory.mktemp("regen_tiny"), sample_conversations()[:150], steps=100,
+                                 layers=2, hidden=64, batch_size=8, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models generate fastest on one thread (and steadily on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
+
+
+def hf_records(n: int = 6) -> list[dict]:
+    picked = [c for c in sample_conversations()[200:] if sum(m["from"] == "gpt" for m in c) >= 2][:n]
+    return [{"id": f"u{i}", "conversations": c[:4] if i % 2 else c[:6]} for i, c in enumerate(picked)]
+
+
+def direct_greedy(tiny_model, messages, max_new_tokens) -> tuple[str, bool]:
+    """One prompt, no padding, plain greedy decoding: what the answer must be."""
+    import torch
+
+    model, tokenizer = tiny_model
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|end_of_text|>")]
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop, pad_token_id=stop[1])
+    new = out[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(new) if t in stop), None)
+    return tokenizer.decode(new if end is None else new[:end], skip_special_tokens=True).strip(), end is None
+
+
+def test_in_process_backend_matches_plain_greedy_decoding(tmp_path, tiny, tiny_model, one_thread):
+    rs = hf_records()
+    rs.append({"id": "noanswer", "conversations": [{"from": "human", "value": "What colour is snow?"}]})
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    cfg = RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "regen.jsonl"), batch_size=4,
+                      max_new_tokens=24, device="cpu")
+    manifest = run_regenerate(cfg, Recording())
+    out = read_jsonl(tmp_path / "regen.jsonl")
+    assert [r["id"] for r in out] == [r["id"] for r in rs[:-1]]
+    assert (manifest["read"], manifest["regenerated"], manifest["skipped"], manifest["failed"]) == (len(rs), len(rs) - 1, 1, 0)
+    assert manifest["backend"] == "transformers" and manifest["device"].startswith("cpu") and manifest["dtype"] == "float32"
+    assert manifest["answers"] == answers_of(rs) and manifest["tokens_per_s"] > 0 and manifest["conversations_per_s"] > 0
+    assert manifest["truncated_answers"] == sum(len(r["truncated_turns"]) for r in out)
+    changed = 0
+    for got, record in zip(out, rs):
+        conversation = got["conversations"]
+        assert [m["from"] for m in conversation] == [m["from"] for m in record["conversations"]]
+        answers = []
+        for i, (new, old) in enumerate(zip(conversation, record["conversations"])):
+            if old["from"] != "gpt":
+                assert new == old  # system and human messages are kept
+                continue
+            # turn k from the prompt with the regenerated answers < k, as one unpadded greedy decode
+            messages = [{"role": {"human": "user", "gpt": "assistant", "system": "system"}[m["from"]], "content": m["value"]}
+                        for m in conversation[:i]]
+            expected, truncated = direct_greedy(tiny_model, messages, 24)
+            assert new["value"] == expected
+            assert (len(answers) in got["truncated_turns"]) == truncated
+            answers.append(new["value"])
+            changed += new["value"] != old["value"]
+    assert changed > 0
+
+
+def test_in_process_truncation_is_marked_and_counted(tmp_path, tiny, one_thread):
+    rs = hf_records(3)
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    manifest = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "r.jsonl"),
+                                          max_new_tokens=1, batch_size=2, device="cpu"), Recording())
+    out = read_jsonl(tmp_path / "r.jsonl")
+    assert manifest["truncated_answers"] == manifest["answers"] == answers_of(rs)
+    assert all(r["truncated_turns"] == list(range(answers_of([r]))) for r in out)
+
+
+def test_server_serving_the_target_gives_the_same_answers(tmp_path, tiny, tiny_model, one_thread):
+    """The same tiny target behind the test server (greedy, one prompt at a time) and in
+    this process (batched, padded): the same regenerated data."""
+    lock = threading.Lock()
+
+    def serve(payload):
+        with lock:
+            text, truncated = direct_greedy(tiny_model, payload["messages"], payload["max_tokens"])
+        return {"content": text, "finish_reason": "length" if truncated else "stop", "usage": False}
+
+    rs = hf_records(4)
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    local = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "hf.jsonl"),
+                                       max_new_tokens=20, batch_size=3, device="cpu"), Recording())
+    with ChatServer(answer=serve, models=(str(tiny),)) as server:
+        remote = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "srv.jsonl"),
+                                            server=server.url, max_new_tokens=20, backoff_base=0.0), Recording())
+    assert read_jsonl(tmp_path / "hf.jsonl") == read_jsonl(tmp_path / "srv.jsonl")
+    assert local["truncated_answers"] == remote["truncated_answers"]
+    assert remote["tokens_per_s"] is None  # this server reports no usage
+
+
+def test_cli(tmp_path, tiny, one_thread):
+    from eagle3kit.cli import cli
+
+    src = write_jsonl(tmp_path / "in.jsonl", hf_records(4))
+    out = tmp_path / "x" / "regen.jsonl"
+    args = ["regenerate", "--basepath", str(tiny), "--input", str(src), "--out", str(out), "--limit", "2",
+            "--max-new-tokens", "8"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "read 2: regenerated 2, failed 0, skipped 0" in result.stderr
+    assert "conversations/s" in result.stderr and "tokens/s" in result.stderr
+    assert len(read_jsonl(out)) == 2 and (tmp_path / "x" / "regen.manifest.json").exists()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
+    again = CliRunner().invoke(cli, args[:-4] + ["--limit", "3", "--max-new-tokens", "8", "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "read 3: regenerated 3 (2 of them before this run)" in again.stderr
+    missing = CliRunner().invoke(cli, ["regenerate", "--basepath", str(tmp_path / "nope"), "--input", str(src),
+                                       "--out", str(tmp_path / "y.jsonl")])
+    assert missing.exit_code == 2 and "cannot load the tokenizer" in missing.stderr
+    assert not (tmp_path / "y.partial.jsonl").exists()

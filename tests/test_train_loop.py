@@ -1,0 +1,123 @@
+"""``eagle3kit train`` end to end on the tiny CPU target, through DeepSpeed (gloo):
+learning, the saved draft, exact resume after a kill, and two ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from train_fixtures import TRAIN_ARGS, run_cli
+
+from eagle3kit.checkpoint import REQUIRED_KEYS, load_draft
+from eagle3kit.train.loop import _param_digest
+
+
+def summary(savedir: Path, rank: int = 0) -> dict:
+    return json.loads((savedir / "logs" / f"rank{rank}.json").read_text())
+
+
+def test_training_learns_far_above_chance(trained_run):
+    history = summary(trained_run)["history"]
+    assert len(history) >= 5
+    first, last = history[0], history[-1]
+    assert first["step"] == 0 and first["acc"][0] < 0.3  # before training
+    # the soft cross-entropy cannot go below the target's own entropy (about 1 here)
+    assert last["loss"][0] < first["loss"][0] - 1.0
+    assert last["acc"][0] > 0.6  # chance is 1/256 over the draft vocabulary
+    assert last["tau_sim"] > first["tau_sim"] and last["tau_sim"] > 2.0
+    assert all(h2["tau_sim"] >= h1["tau_sim"] - 0.5 for h1, h2 in zip(history, history[1:]))  # a curve, not noise
+
+
+def test_saved_draft_is_servable_and_reloads_exactly(trained_run):
+    s = summary(trained_run)
+    latest = trained_run / "latest"
+    assert latest.is_symlink() and os.readlink(latest) == f"step_{s['step']}"
+    assert (trained_run / "best").is_symlink()
+    draft_dir = latest / "draft"
+    config = json.loads((draft_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["num_hidden_layers"] == 1
+    assert config["draft_vocab_size"] <= 256 and config["max_position_embeddings"] == 4096
+    assert config["eagle_aux_hidden_state_layer_ids"] == [2, 3, 3]
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 2]
+    tensors = load_file(str(draft_dir / "model.safetensors"))
+    assert sorted(tensors) == sorted(REQUIRED_KEYS)
+    assert tensors["d2t"].dtype == torch.int64 and tensors["t2d"].dtype == torch.bool
+    assert int(tensors["t2d"].sum()) == config["draft_vocab_size"]
+    reloaded = load_draft(draft_dir)
+    assert _param_digest(reloaded) == s["param_digest"]
+
+
+def _train_args(tiny_target, mixed_data, savedir, cache):
+    return ["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
+            "--savedir", str(savedir), "--cache-dir", str(cache), "--max-steps", "12", "--save-every", "4",
+            *TRAIN_ARGS]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target, mixed_data):
+    cache = tmp_path / "cache"
+    whole = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "whole", cache))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *_train_args(tiny_target, mixed_data, killed, cache)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        for line in proc.stderr:
+            if "saved checkpoint" in line and "step_8" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert os.readlink(killed / "latest") == "step_8"
+    assert not (killed / "logs" / "rank0.json").exists()
+
+    again = run_cli(_train_args(tiny_target, mixed_data, killed, cache) + ["--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = summary(tmp_path / "whole"), summary(killed)
+    assert (b["step"], b["rows_digest"]) == (12, a["rows_digest"])
+    assert b["param_digest"] == a["param_digest"]  # bit for bit
+
+
+def test_starting_again_in_a_used_savedir_needs_resume(tmp_path, tiny_target, mixed_data):
+    (tmp_path / "ck").mkdir()
+    os.symlink("step_4", tmp_path / "ck" / "latest")
+    result = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "ck", tmp_path / "cache"))
+    assert result.returncode == 2
+    assert "already holds a training run" in result.stderr and "--resume" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, tiny_target, mixed_data):
+    port = str(_free_port())
+    args = ["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
+            "--savedir", str(tmp_path / "ck"), "--cache-dir", str(tmp_path / "cache"), "--max-steps", "6", *TRAIN_ARGS]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WANDB_MODE": "disabled", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "DS_ACCELERATOR": "cpu"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "eagle3kit", *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    r0, r1 = summary(tmp_path / "ck", 0), summary(tmp_path / "ck", 1)
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["step"] == r1["step"] == 6
+    assert r0["rows_digest"] != r1["rows_digest"] and r0["tokens"] > 0 and r1["tokens"] > 0
+    assert r0["param_digest"] == r1["param_digest"]

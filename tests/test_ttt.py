@@ -1,0 +1,224 @@
+"""The training-time test: its attention, its position weights and its loss, each against
+a plain reference written here, and gradients reaching every trainable parameter."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask, doc_ids_from_positions, ttt_attention
+from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+from eagle3kit.train.ttt import SoftCrossEntropy, TargetOutputs, simulated_acceptance_length, step_weights, ttt_loss
+
+
+def small_config(**kw) -> DraftConfig:
+    base = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
+                rms_norm_eps=1e-6, vocab_size=50, draft_vocab_size=20, max_position_embeddings=4096,
+                aux_layers=[1, 2, 3], target_hidden_size=32, target_num_layers=4, rope={"rope_theta": 10000.0})
+    base.update(kw)
+    return DraftConfig(**base)
+
+
+def packed_positions(lengths):
+    return torch.cat([torch.arange(n) for n in lengths])
+
+
+def slow_ttt_attention(q, keys, values, doc):
+    """Plain loops: query t at step k sees step-0 keys s <= t of its conversation and the
+    keys of steps 1..k at position t only."""
+    b, hq, t_len, d = q.shape
+    g = hq // keys[0].shape[1]
+    out = torch.zeros_like(q, dtype=torch.float64)
+    for h in range(hq):
+        hk = h // g
+        for t in range(t_len):
+            ks = [keys[0][0, hk, s] for s in range(t + 1) if doc[s] == doc[t]]
+            vs = [values[0][0, hk, s] for s in range(t + 1) if doc[s] == doc[t]]
+            ks += [keys[j][0, hk, t] for j in range(1, len(keys))]
+            vs += [values[j][0, hk, t] for j in range(1, len(keys))]
+            scores = torch.stack([(q[0, h, t].double() * k.double()).sum() / math.sqrt(d) for k in ks])
+            w = torch.softmax(scores, 0)
+            out[0, h, t] = sum(wi * v.double() for wi, v in zip(w, vs))
+    return out
+
+
+def test_doc_ids_restart_with_positions():
+    assert doc_ids_from_positions(packed_positions([3, 1, 2])).tolist() == [0, 0, 0, 1, 2, 2]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_ttt_attention_equals_the_plain_definition(steps):
+    torch.manual_seed(steps)
+    lengths = [5, 3, 6]
+    doc = doc_ids_from_positions(packed_positions(lengths))
+    t = doc.numel()
+    q = torch.randn(1, 4, t, 8)
+    keys = tuple(torch.randn(1, 2, t, 8) for _ in range(steps))
+    values = tuple(torch.randn(1, 2, t, 8) for _ in range(steps))
+    got = ttt_attention(q, keys, values, PackedMask.build(doc, "eager"))
+    want = slow_ttt_attention(q, keys, values, doc.tolist())
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_flex_backend_agrees_with_eager_on_cpu_forward():
+    """The GPU kernel's mask and log-sum-exp convention, checked here with flex attention's
+    uncompiled forward (its backward runs on GPU only)."""
+    torch.manual_seed(3)
+    doc = doc_ids_from_positions(packed_positions([40, 24, 64]))
+    q, k, v = torch.randn(1, 4, 128, 16), torch.randn(1, 2, 128, 16), torch.randn(1, 2, 128, 16)
+    flex, eager = PackedMask.build(doc, "flex"), PackedMask.build(doc, "eager")
+    (o1, l1), (o2, l2) = flex.causal(q, k, v), eager.causal(q, k, v)
+    torch.testing.assert_close(o1, o2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    keys, values = (k, torch.randn_like(k)), (v, torch.randn_like(v))
+    torch.testing.assert_close(ttt_attention(q, keys, values, flex), ttt_attention(q, keys, values, eager),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_block_mask_built_from_boundaries_equals_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from eagle3kit.train.attention import flex_block_mask
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        lengths = torch.randint(1, 300, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
+        doc = doc_ids_from_positions(packed_positions(lengths))
+        n = doc.numel()
+        ours = flex_block_mask(doc)
+        ref = create_block_mask(lambda b, h, q, kv: (doc[q] == doc[kv]) & (kv <= q), 1, None, n, n, device="cpu")
+        assert torch.equal(ours.to_dense(), ref.to_dense()), lengths
+        assert torch.equal(ours.kv_num_blocks, ref.kv_num_blocks)
+        assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
+
+
+def test_dense_mask_never_crosses_conversations():
+    doc = doc_ids_from_positions(packed_positions([2, 3]))
+    assert dense_doc_causal_mask(doc).int().tolist() == [
+        [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+
+
+def test_step_weights_align_the_mask_with_the_predicted_token():
+    doc = doc_ids_from_positions(packed_positions([6, 4]))
+    loss_mask = torch.tensor([0, 0, 1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    in_vocab = torch.ones(10, dtype=torch.bool)
+    in_vocab[4] = False
+    for k in range(3):
+        got = step_weights(loss_mask, doc, in_vocab, k).tolist()
+        want = []
+        for t in range(10):
+            j = t + k + 2  # the token predicted at position t in step k
+            want.append(j < 10 and bool(loss_mask[j]) and doc[j] == doc[t] and bool(in_vocab[t + k + 1]))
+        assert got == want, k
+    # step 0: position t predicts token t+2 from the label at t+1; position 3's label (4) is out of
+    # the draft vocabulary; positions 4 and 5 would predict tokens of the next conversation
+    assert step_weights(loss_mask, doc, in_vocab, 0).tolist()[:6] == [True, True, True, False, False, False]
+
+
+def test_soft_cross_entropy_matches_autograd_in_chunks():
+    torch.manual_seed(0)
+    h = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(13, 9, dtype=torch.float64), -1)
+    total, correct = SoftCrossEntropy.apply(h, w, p, 5)
+    (2.5 * total).backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = -(p * torch.log_softmax(h2 @ w2.T, -1)).sum()
+    (2.5 * ref).backward()
+    torch.testing.assert_close(total.double(), ref.detach())
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    assert int(correct) == int(((h2 @ w2.T).argmax(-1) == p.argmax(-1)).sum())
+
+
+def make_inputs(config, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = sum(lengths)
+    positions = packed_positions(lengths)
+    doc = doc_ids_from_positions(positions)
+    loss_mask = torch.rand(t, generator=g) > 0.3
+    target = TargetOutputs(
+        aux=torch.randn(1, t, 3 * config.target_hidden_size, generator=g),
+        embeds=torch.randn(1, t, config.hidden_size, generator=g),
+        probs=torch.softmax(3 * torch.randn(t, config.draft_vocab_size, generator=g), -1),
+        in_vocab=torch.rand(t, generator=g) > 0.1,
+    )
+    return positions, doc, loss_mask, target
+
+
+def reference_ttt_loss(draft, target, positions, doc, loss_mask, steps, decay):
+    """The TTT loss written plainly: full logits, explicit soft cross-entropy, explicit mask."""
+    t = positions.numel()
+    mask = PackedMask.build(doc, "eager")
+    hidden = draft.fc(target.aux)
+    keys, values = (), ()
+    total = 0.0
+    per_step = []
+    for k in range(steps):
+        embeds = torch.zeros_like(target.embeds)
+        embeds[:, : t - k - 1] = target.embeds[:, k + 1 :]
+        cos, sin = draft.rope((positions + k)[None], hidden)
+        new = {}
+
+        def attend(q, kk, vv):
+            new["k"], new["v"] = kk, vv
+            return ttt_attention(q, keys + (kk,), values + (vv,), mask)
+
+        hidden = draft.layer(embeds, hidden, cos, sin, attend)
+        keys, values = keys + (new["k"],), values + (new["v"],)
+        logp = torch.log_softmax(draft.logits(hidden)[0].double(), -1)
+        loss_sum, count = 0.0, 0
+        for pos in range(t):
+            label = pos + k + 1
+            if label + 1 < t and loss_mask[label + 1] and doc[label + 1] == doc[pos] and target.in_vocab[label]:
+                loss_sum = loss_sum - (target.probs[label].double() * logp[pos]).sum()
+                count += 1
+        per_step.append(count)
+        total = total + decay**k * (loss_sum / max(count, 1))
+    return total, per_step
+
+
+@pytest.mark.parametrize("checkpoint_steps", [False, True])
+def test_ttt_loss_and_gradients_equal_the_plain_reference(checkpoint_steps):
+    torch.manual_seed(0)
+    config = small_config()
+    draft = Eagle3Draft(config).double()
+    draft.set_vocab(torch.arange(0, 40, 2))
+    positions, doc, loss_mask, target = make_inputs(config, [9, 5, 12])
+    target = TargetOutputs(target.aux.double(), target.embeds.double(), target.probs.double(), target.in_vocab)
+    mask = PackedMask.build(doc, "eager")
+    loss, stats = ttt_loss(draft, target, positions, doc, loss_mask, mask, ttt_length=4, decay=0.8,
+                           checkpoint_steps=checkpoint_steps, chunk=7)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in draft.named_parameters()}
+    draft.zero_grad()
+    ref, counts = reference_ttt_loss(draft, target, positions, doc, loss_mask, 4, 0.8)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-9, atol=1e-9)
+    assert stats[2].tolist() == counts
+    for name, p in draft.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_every_trainable_parameter_gets_a_gradient_with_activation_checkpointing():
+    torch.manual_seed(1)
+    config = small_config()
+    draft = Eagle3Draft(config)
+    draft.set_vocab(torch.arange(20))
+    positions, doc, loss_mask, target = make_inputs(config, [16, 16], seed=1)
+    loss, _ = ttt_loss(draft, target, positions, doc, loss_mask, PackedMask.build(doc, "eager"), ttt_length=3,
+                       checkpoint_steps=True)
+    loss.backward()
+    names = [n for n, p in draft.named_parameters() if p.requires_grad]
+    assert {n.split(".")[0] for n in names} == {"fc", "midlayer", "norm", "lm_head"}
+    for name, p in draft.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+
+
+def test_tau_sim_is_one_plus_the_running_products():
+    assert simulated_acceptance_length([0.8, 0.5, 0.5]) == pytest.approx(1 + 0.8 + 0.4 + 0.2)
+    assert simulated_acceptance_length([]) == 1.0
+    assert simulated_acceptance_length([0.9, float("nan"), 0.9]) == pytest.approx(1.9)
