@@ -61,6 +61,8 @@ def sources():
     from rich.console import Console
     from rich.table import Table
 
+    from rich.markup import escape
+
     from eagle3kit.sourcespec import source_options
 
     registry = _registry()
@@ -69,17 +71,17 @@ def sources():
         table.add_column(col)
     for name, source in sorted(registry.sources.items()):
         info = registry.plugins[source.plugin]
-        table.add_row(
+        table.add_row(*(escape(cell) for cell in (
             name,
             f"{source.plugin}\n{info.distribution} {info.version}",
             "\n".join(r.describe() for r in source.repos) or "(local files only)",
             "\n".join(f"{o.name}: {o.help}" for o in source_options(source)),
             source.description,
-        )
+        )))
     console = Console()
     console.print(table)
     for name, error in registry.failed:
-        console.print(f"[red]plugin {name} failed to load:[/red] {error}", highlight=False)
+        console.print(f"[red]plugin {escape(name)} failed to load:[/red] {escape(error)}", highlight=False)
 
 
 @cli.command()

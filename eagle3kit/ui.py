@@ -63,10 +63,10 @@ class RichUI(UI):
         self._progress = None
 
     def log(self, message: str) -> None:
-        self.console.print(message, markup=False, highlight=False)
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)  # paths stay on one line
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {_escape(message)}")
+        self.console.print(f"[yellow]warning:[/yellow] {_escape(message)}", soft_wrap=True)
 
     def _make_progress(self):
         from rich.progress import (

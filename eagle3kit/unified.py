@@ -110,7 +110,7 @@ def conversation_json(conversation: list[dict[str, str]]) -> str:
 
 def conversation_key(conversation_text: str) -> bytes:
     """A 16-byte digest of a conversation's canonical JSON: the duplicate key."""
-    return hashlib.blake2b(conversation_text.encode("utf-8"), digest_size=16).digest()
+    return hashlib.sha256(conversation_text.encode("utf-8")).digest()[:16]  # sha256: hardware-accelerated
 
 
 def record_json(record_id: str, conversation_text: str) -> str:

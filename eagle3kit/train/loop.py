@@ -474,7 +474,6 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     if cfg.eval_every and progress.step == 0:
         run_eval()  # the starting point of the learning curve
-    digest = hashlib.sha256(progress.rows_digest.encode())
     window = torch.zeros(3, cfg.ttt_length, dtype=torch.float64, device=device)
     window_tokens, window_start = 0, time.perf_counter()
     done = progress.step >= total_steps
@@ -494,8 +493,9 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 progress.tokens += mb.tokens
                 window += stats
                 window_tokens += mb.tokens
-                digest.update(np.asarray(rows, dtype=np.int64).tobytes())
-                progress.rows_digest = digest.hexdigest()
+                # a hash chain, so that a resumed run continues it exactly
+                progress.rows_digest = hashlib.sha256(progress.rows_digest.encode() +
+                                                      np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
                 if progress.micro % accum:
                     continue
                 progress.step += 1
