@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {"baseline": [], "eagle3kit mix": []}
         outputs = {}
         for r in range(args.repeats):
+            for old in (work / f"baseline-{r}", work / f"mix-{r}", work / f"cache-{r}"):
+                shutil.rmtree(old, ignore_errors=True)  # a kept mix would be reused, not measured
             out = work / f"baseline-{r}"
             runs["baseline"].append(measure([sys.executable, str(HERE), "--baseline-run", str(ultra), str(share), str(out)],
                                             work / f"baseline-{r}.log", env))

@@ -251,7 +251,7 @@ def regenerate(**options):
               help="A draft folder (config.json + model.safetensors), e.g. checkpoints/best/draft.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL (test split).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=80, show_default=True,
-              help="Prompts to decode (one per conversation: its conversation up to the last human turn).")
+              help="Prompts to decode: every human turn of the data, with the conversation before it.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True, help="Draft tokens proposed per target pass.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
