@@ -134,6 +134,15 @@ class DraftState:
 
 
 # ------------------------------------------------------------------ decoding
+def cache_kwarg(model, cache) -> dict[str, Any]:
+    """The KV cache argument under the name this transformers version uses (``cache``
+    replaces ``past_key_values`` in recent releases)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
 @dataclass
 class Decoded:
     tokens: list[int]
@@ -174,7 +183,7 @@ class SpeculativeDecoder:
                     with_kwargs=True))
         try:
             positions = torch.arange(start, start + ids.shape[-1], device=ids.device)[None]
-            out = self.model(input_ids=ids.view(1, -1), position_ids=positions, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=ids.view(1, -1), position_ids=positions, use_cache=True, **cache_kwarg(self.model, cache))
         finally:
             for h in hooks:
                 h.remove()
@@ -280,7 +289,7 @@ def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Seq
     start = time.perf_counter()
     while len(out) < max_new_tokens:
         positions = torch.arange(pos, pos + ids.shape[-1], device=device)[None]
-        logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[0, -1].float()
+        logits = model(input_ids=ids, position_ids=positions, use_cache=True, **cache_kwarg(model, cache)).logits[0, -1].float()
         pos += ids.shape[-1]
         if temperature == 0:
             token = int(logits.argmax(-1))

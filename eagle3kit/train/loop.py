@@ -594,6 +594,6 @@ def _final_table(ui: UI, progress: Progress, savedir: Path) -> None:
     table.add_column("top-1 accuracy", justify="right")
     for k, (loss, acc) in enumerate(zip(last["loss"], last["acc"])):
         table.add_row(str(k), f"{loss:.4f}", f"{acc:.4f}")
-    table.caption = (f"tau_sim {last['tau_sim']:.3f} (best {progress.best_tau:.3f} at {progress.best_tag}); "
-                     f"draft: {savedir / LATEST / 'draft'}")
+    table.caption = f"tau_sim {last['tau_sim']:.3f} (best {progress.best_tau:.3f} at {progress.best_tag})"
     ui.table(table)
+    ui.log(f"draft: {savedir / LATEST / 'draft'}" + (f" (best: {savedir / BEST / 'draft'})" if progress.best_tag else ""))
