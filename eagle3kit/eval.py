@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from eagle3kit.errors import UserError
+from eagle3kit.train.data import end_of_turn_ids
 from eagle3kit.ui import UI
 
 
@@ -303,16 +304,6 @@ def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Seq
 
 
 # ------------------------------------------------------------------ the report
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """The tokens that end an answer: eos, and the template's end-of-turn markers."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    for marker in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>"):
-        if marker in vocab:
-            ids.add(vocab[marker])
-    return sorted(ids)
-
-
 def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
     """Token ids of up to ``limit`` prompts: each human turn of each conversation, with the
     conversation before it, rendered with the chat template and the generation prompt."""
@@ -386,7 +377,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         draft.config.aux_layers = __import__("eagle3kit.train.draft", fromlist=["x"]).default_aux_layers(
             model.config.get_text_config().num_hidden_layers)
     prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
-    eos = end_of_turn_ids(tokenizer)
+    eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
 

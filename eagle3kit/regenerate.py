@@ -73,9 +73,6 @@ from eagle3kit.ui import UI
 WORK_FORMAT = 1
 #: Settings that change the answers: a resumed run must use the same ones.
 ANSWER_SETTINGS = ("basepath", "max_new_tokens", "temperature", "top_p", "seed", "system_prompt", "reasoning")
-#: Tokens that end an assistant turn in common chat templates (used when they exist).
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-                      "<|eom_id|>", "</s>")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 #: Failures printed at the end (all of them are in the manifest).
 SHOWN_FAILURES = 5
@@ -475,24 +472,9 @@ class HFBackend:
                             "eos_token_ids": self.eos_ids}
 
     def _end_of_turn_ids(self) -> list[int]:
-        tok = self.tokenizer
-        ids: list[int] = []
+        from eagle3kit.train.data import end_of_turn_ids
 
-        def add(value):
-            if isinstance(value, int):
-                if value not in ids:
-                    ids.append(value)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    add(v)
-
-        add(tok.eos_token_id)
-        add(getattr(getattr(self.model, "generation_config", None), "eos_token_id", None))
-        vocab = tok.get_vocab()
-        for token in END_OF_TURN_TOKENS:
-            if token in vocab:
-                add(vocab[token])
-        return ids
+        return end_of_turn_ids(self.tokenizer, self.model)
 
     def run(self, items: list[Item], recorder: Recorder) -> None:
         torch = self.torch

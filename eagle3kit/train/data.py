@@ -33,6 +33,33 @@ class TemplateError(UserError):
     """The chat template renders a conversation in a way the mask cannot be derived from."""
 
 
+#: Tokens that end an assistant turn in common chat templates (used when they exist).
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+                      "<|eom_id|>", "</s>")
+
+
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """The token ids that end an answer: the tokenizer's and the model's generation eos,
+    and the end-of-turn markers of common templates that this vocabulary has."""
+    ids: list[int] = []
+
+    def add(value):
+        if isinstance(value, int):
+            if value not in ids:
+                ids.append(value)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                add(v)
+
+    add(tokenizer.eos_token_id)
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab:
+            add(vocab[token])
+    return ids
+
+
 def to_messages(conversation: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """Unified ``{"from", "value"}`` entries -> chat-template ``{"role", "content"}`` messages."""
     return [{"role": ROLES[m["from"]], "content": m["value"]} for m in conversation]
