@@ -18,7 +18,7 @@ for s in $STAGES; do
     bench) stage bench 200 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 6 --warmup 3 ;;
     bench16k) stage bench 190 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 4 --warmup 2 --skip-ceiling ;;
     bench2k) stage bench2k 120 python3 benchmarks/bench_train.py --max-tokens 2048 --steps 6 --warmup 3 ;;
-    small) stage small 240 python3 benchmarks/small_target.py --out /tmp/small
+    small) stage small 420 python3 benchmarks/small_target.py --out /tmp/small
            cp /tmp/small/eval.json /tmp/small/times.json "$OUT/" 2>/dev/null
            cp /tmp/small/small_target.log "$OUT/small_cli.log" 2>/dev/null ;;
   esac
