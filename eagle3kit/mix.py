@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eagle3kit import __version__
-from eagle3kit.atomic import atomic_write_text, remove_quietly
+from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing
 from eagle3kit.errors import RecordError, UserError
 from eagle3kit.plugins import Converter, Registry, converter_for
 from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
@@ -430,23 +430,17 @@ class _NotIndexable(Exception):
 
 def _write_split(path: Path, column: _JsonColumn, order) -> dict[str, Any]:
     """Stream the JSON lines at ``order`` (global row numbers) into ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for start in range(0, len(order), _WRITE_BATCH):
-                data = column.lines(order[start : start + _WRITE_BATCH])
-                digest.update(data)
-                size += len(data)
-                f.write(data)
-        # No fsync here (it cost about 5 s of a 30 s mix): the rename keeps an interrupted run
-        # from leaving a partial file under the real name, and a file lost to a power cut is
-        # caught by the sha256 that read_manifest checks before reusing a mix.
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    # No fsync here (it cost about 5 s of a 30 s mix): the rename keeps an interrupted run
+    # from leaving a partial file under the real name, and a file lost to a power cut is
+    # caught by the sha256 that read_manifest checks before reusing a mix.
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        for start in range(0, len(order), _WRITE_BATCH):
+            data = column.lines(order[start : start + _WRITE_BATCH])
+            digest.update(data)
+            size += len(data)
+            f.write(data)
     return {"rows": int(len(order)), "bytes": size, "sha256": digest.hexdigest()}
 
 

@@ -239,7 +239,7 @@ def _load_json_files(paths: list[str], cache_dir: Path):
     import datasets
     import pyarrow as pa
 
-    from eagle3kit.atomic import remove_quietly
+    from eagle3kit.atomic import replacing
 
     files = []
     for p in paths:
@@ -252,22 +252,16 @@ def _load_json_files(paths: list[str], cache_dir: Path):
         schema = pa.schema(
             [(FILE_COLUMN, pa.int32()), (START_COLUMN, pa.int64()), (LENGTH_COLUMN, pa.int64()), (LOC_COLUMN, pa.int64())]
         )
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for number, path in enumerate(paths):
-                    index = _json_lines_index(path) if _is_json_lines(Path(path)) else _json_array_index(path)
-                    try:
-                        for starts, lengths, locs in index:
-                            columns = [pa.array([number] * len(starts), pa.int32()), pa.array(starts, pa.int64()),
-                                       pa.array(lengths, pa.int64()), pa.array(locs, pa.int64())]
-                            writer.write_batch(pa.record_batch(columns, schema=schema))
-                    except UnicodeDecodeError as error:
-                        raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
-            os.replace(tmp, target)
-        except BaseException:
-            remove_quietly(tmp)
-            raise
+        with replacing(target) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for number, path in enumerate(paths):
+                index = _json_lines_index(path) if _is_json_lines(Path(path)) else _json_array_index(path)
+                try:
+                    for starts, lengths, locs in index:
+                        columns = [pa.array([number] * len(starts), pa.int32()), pa.array(starts, pa.int64()),
+                                   pa.array(lengths, pa.int64()), pa.array(locs, pa.int64())]
+                        writer.write_batch(pa.record_batch(columns, schema=schema))
+                except UnicodeDecodeError as error:
+                    raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from None
     dataset = datasets.Dataset(datasets.table.MemoryMappedTable.from_file(str(target)), fingerprint=fingerprint)
     return dataset, tuple(files)
 

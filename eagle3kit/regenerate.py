@@ -65,7 +65,7 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from eagle3kit import __version__
-from eagle3kit.atomic import atomic_write_text, remove_quietly
+from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing
 from eagle3kit.errors import UserError
 from eagle3kit.ui import UI
 
@@ -886,18 +886,12 @@ def _resume_state(cfg: RegenConfig, items: list[Item], out: Path, work: Path, ui
 
 # --------------------------------------------------------------------------- run
 def _write_output(out: Path, items: Sequence[Item]) -> None:
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for it in items:
-                if it.complete:
-                    f.write(json.dumps(regenerated_record(it), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    with replacing(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for it in items:
+            if it.complete:
+                f.write(json.dumps(regenerated_record(it), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _rate(n: float, seconds: float) -> float | None:

@@ -18,30 +18,9 @@ from eagle3kit import HubRepo, Source, UserError, hookimpl, mix
 from eagle3kit.mix import apply_weights, default_num_proc, read_manifest, run_mix
 from eagle3kit.plugins import load_registry
 from eagle3kit.sourcespec import SourceSpec
-from eagle3kit.ui import UI
+from helpers import G, H, RecordingUI, S
 
 
-class RecordingUI(UI):
-    def __init__(self):
-        self.logs, self.warnings = [], []
-
-    def log(self, message):
-        self.logs.append(message)
-
-    def warn(self, message):
-        self.warnings.append(message)
-
-
-def H(value):
-    return {"from": "human", "value": value}
-
-
-def G(value):
-    return {"from": "gpt", "value": value}
-
-
-def S(value):
-    return {"from": "system", "value": value}
 
 
 def specs(*texts):

@@ -36,7 +36,7 @@ from eagle3kit.regenerate import (
     strip_think,
     work_path,
 )
-from eagle3kit.ui import UI
+from helpers import RecordingUI
 
 
 # --------------------------------------------------------------------------- data
@@ -82,17 +82,6 @@ def server_cfg(tmp_path: Path, server: ChatServer, input_path: Path, **kw) -> Re
                    server=server.url, concurrency=4, retries=2, timeout=30.0, max_new_tokens=64, backoff_base=0.0)
     options.update(kw)
     return RegenConfig(**options)
-
-
-class Recording(UI):
-    def __init__(self):
-        self.logs, self.warnings = [], []
-
-    def log(self, message):
-        self.logs.append(message)
-
-    def warn(self, message):
-        self.warnings.append(message)
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
@@ -158,7 +147,7 @@ def test_work_file_with_a_torn_last_line(tmp_path):
     path = tmp_path / "w.partial.jsonl"
     path.write_bytes(b'{"header": {"settings": {}}}\n{"key": "a", "src": "s", "turn": 0, "answer": "x"}\n'
                      b'not json\n{"key": "b", "src": "s", "tu')
-    ui = Recording()
+    ui = RecordingUI()
     header, entries, good = read_work(path, ui)
     assert header == {"settings": {}} and [e["key"] for e in entries] == ["a"]
     assert good == len(path.read_bytes()) - len(b'{"key": "b", "src": "s", "tu')
@@ -171,7 +160,7 @@ def test_server_regenerates_turn_by_turn(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     with ChatServer() as server:
         cfg = server_cfg(tmp_path, server, src, temperature=0.7, top_p=0.9, seed=5, max_new_tokens=33)
-        manifest = run_regenerate(cfg, Recording())
+        manifest = run_regenerate(cfg, RecordingUI())
         payloads = server.answered()
     out = read_jsonl(Path(cfg.out_path))
     kept = [r for r in rs if r["id"] != "noanswer"]
@@ -231,7 +220,7 @@ def test_server_failures_retries_truncation_and_resume(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     with ChatServer(answer=long_answers, fail=flaky) as server:
         cfg = server_cfg(tmp_path, server, src, retries=1)
-        ui = Recording()
+        ui = RecordingUI()
         manifest = run_regenerate(cfg, ui)
         statuses = [s for _, s in server.requests]
     assert 500 in statuses and 429 in statuses  # retried ...
@@ -248,7 +237,7 @@ def test_server_failures_retries_truncation_and_resume(tmp_path):
 
     # --resume retries the failed record, and only it (all its turns: a finished run keeps no partial records)
     with ChatServer(answer=long_answers) as healthy:
-        again = run_regenerate(server_cfg(tmp_path, healthy, src, resume=True), Recording())
+        again = run_regenerate(server_cfg(tmp_path, healthy, src, resume=True), RecordingUI())
         asked = healthy.answered()
     assert [last_user(p["messages"]) for p in asked] == ["fine", "POISON here"]
     assert (again["failed"], again["regenerated"], again["done_before"]) == (0, len(rs) - 1, len(rs) - 2)
@@ -264,7 +253,7 @@ def test_retries_exhausted_and_a_server_that_is_down(tmp_path):
         return (503, {"error": {"message": "overloaded"}}) if "q two" in last_user(payload["messages"]) else None
 
     with ChatServer(fail=always_503) as server:
-        manifest = run_regenerate(server_cfg(tmp_path, server, src, retries=2), Recording())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, retries=2), RecordingUI())
         tries = [s for p, s in server.requests if last_user(p["messages"]) == "q two"]
     assert tries == [503, 503, 503]
     assert manifest["failures"] == [{"id": "three", "turn": 1, "reason": "HTTP 503: overloaded (after 3 attempts)"}]
@@ -274,18 +263,18 @@ def test_retries_exhausted_and_a_server_that_is_down(tmp_path):
         pass  # its port is closed now
     cfg = server_cfg(tmp_path, gone, src, overwrite=True)
     with pytest.raises(UserError, match="cannot reach the server"):
-        run_regenerate(cfg, Recording())
+        run_regenerate(cfg, RecordingUI())
     assert not work_path(cfg.out_path).exists()
 
     # every request failing: the run stops early, keeps its work, and resumes later
     with ChatServer(fail=lambda p, a: (502, "Bad Gateway")) as down:
         cfg = server_cfg(tmp_path, down, src, overwrite=True, retries=0, concurrency=1, max_consecutive_failures=3)
         with pytest.raises(UserError, match="3 records in a row failed.*looks down.*--resume"):
-            run_regenerate(cfg, Recording())
+            run_regenerate(cfg, RecordingUI())
         assert 3 <= len(down.requests) <= 4  # the one worker may have sent its next request meanwhile
     assert work_path(cfg.out_path).exists() and not Path(cfg.out_path).exists()
     with ChatServer() as up:
-        manifest = run_regenerate(server_cfg(tmp_path, up, src, resume=True), Recording())
+        manifest = run_regenerate(server_cfg(tmp_path, up, src, resume=True), RecordingUI())
     assert manifest["failed"] == 0 and manifest["regenerated"] == len(records(4)) - 1
 
 
@@ -293,34 +282,34 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", records(3))
     with ChatServer() as server:
         cfg = server_cfg(tmp_path, server, src)
-        run_regenerate(cfg, Recording())
+        run_regenerate(cfg, RecordingUI())
         first = Path(cfg.out_path).read_text()
         with pytest.raises(UserError, match="already exists: pass --resume .* or --overwrite"):
-            run_regenerate(cfg, Recording())
+            run_regenerate(cfg, RecordingUI())
         with pytest.raises(UserError, match="exclude each other"):
-            run_regenerate(server_cfg(tmp_path, server, src, resume=True, overwrite=True), Recording())
+            run_regenerate(server_cfg(tmp_path, server, src, resume=True, overwrite=True), RecordingUI())
         server.clear()
-        manifest = run_regenerate(server_cfg(tmp_path, server, src, resume=True), Recording())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, resume=True), RecordingUI())
         assert server.requests == [] and Path(cfg.out_path).read_text() == first  # nothing left to do
         assert manifest["done_before"] == manifest["regenerated"] and manifest["conversations_per_s"] is None
-        manifest = run_regenerate(server_cfg(tmp_path, server, src, overwrite=True), Recording())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, overwrite=True), RecordingUI())
         assert len(server.answered()) == manifest["answers"] and manifest["done_before"] == 0
         assert Path(cfg.out_path).read_text() == first
         # a work file alone also needs a flag
         work_path(cfg.out_path).write_text("")
         Path(cfg.out_path).unlink()
         with pytest.raises(UserError, match="regen.partial.jsonl already exists"):
-            run_regenerate(cfg, Recording())
+            run_regenerate(cfg, RecordingUI())
 
 
 def test_resume_refuses_other_settings(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", records(2))
     with ChatServer() as server:
-        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16), Recording())
+        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16), RecordingUI())
         with pytest.raises(UserError, match=r"max_new_tokens 16 -> 32.*--overwrite"):
-            run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=32, resume=True), Recording())
+            run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=32, resume=True), RecordingUI())
         # settings that do not change answers may change
-        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16, resume=True, concurrency=1), Recording())
+        run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16, resume=True, concurrency=1), RecordingUI())
 
 
 def test_resume_regenerates_records_whose_questions_changed(tmp_path):
@@ -328,12 +317,12 @@ def test_resume_regenerates_records_whose_questions_changed(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     with ChatServer() as server:
         cfg = server_cfg(tmp_path, server, src)
-        run_regenerate(cfg, Recording())
+        run_regenerate(cfg, RecordingUI())
         rs[0]["conversations"][1]["value"] = "Hello again"  # a human message changed
         rs[1]["conversations"][1]["value"] = "new original answer"  # an answer changed: no matter
         write_jsonl(src, rs)
         server.clear()
-        ui = Recording()
+        ui = RecordingUI()
         run_regenerate(server_cfg(tmp_path, server, src, resume=True), ui)
         assert {last_user(p["messages"]) for p in server.answered()} == {"Hello again", "And then?"}
     assert any("changed" in w for w in ui.warnings)
@@ -350,10 +339,10 @@ def test_reasoning_keep_and_drop(tmp_path):
         return {"content": "<think>\nhmm\n</think>\n\nanswer z"}  # one without
 
     with ChatServer(answer=thinking) as server:
-        run_regenerate(server_cfg(tmp_path, server, src, reasoning="drop"), Recording())
+        run_regenerate(server_cfg(tmp_path, server, src, reasoning="drop"), RecordingUI())
         dropped = read_jsonl(tmp_path / "out" / "regen.jsonl")[0]["conversations"]
         second_prompt = server.answered()[1]["messages"]
-        run_regenerate(server_cfg(tmp_path, server, src, reasoning="keep", overwrite=True), Recording())
+        run_regenerate(server_cfg(tmp_path, server, src, reasoning="keep", overwrite=True), RecordingUI())
         kept = read_jsonl(tmp_path / "out" / "regen.jsonl")[0]["conversations"]
     assert [m["value"] for m in dropped if m["from"] == "gpt"] == ["answer x", "answer z"]
     assert second_prompt[1] == {"role": "assistant", "content": "answer x"}
@@ -366,7 +355,7 @@ def test_system_prompt_limit_and_repeated_ids(tmp_path):
     rs[5]["id"] = rs[4]["id"]  # two records with one id
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     with ChatServer() as server:
-        ui = Recording()
+        ui = RecordingUI()
         manifest = run_regenerate(server_cfg(tmp_path, server, src, system_prompt="You are terse.", limit=6), ui)
         payloads = server.answered()
     assert manifest["read"] == 6
@@ -381,8 +370,8 @@ def test_the_model_name_is_checked_against_the_server(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", records(1))
     with ChatServer(models=("a", "b")) as server:
         with pytest.raises(UserError, match="serves 'a', 'b', not 'tiny'; pass --model"):
-            run_regenerate(server_cfg(tmp_path, server, src), Recording())
-        manifest = run_regenerate(server_cfg(tmp_path, server, src, server_model="b", overwrite=True), Recording())
+            run_regenerate(server_cfg(tmp_path, server, src), RecordingUI())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, server_model="b", overwrite=True), RecordingUI())
         assert manifest["model"] == "b" and {p["model"] for p in server.answered()} == {"b"}
 
 
@@ -505,7 +494,7 @@ def test_in_process_backend_matches_plain_greedy_decoding(tmp_path, tiny, tiny_m
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     cfg = RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "regen.jsonl"), batch_size=4,
                       max_new_tokens=24, device="cpu")
-    manifest = run_regenerate(cfg, Recording())
+    manifest = run_regenerate(cfg, RecordingUI())
     out = read_jsonl(tmp_path / "regen.jsonl")
     assert [r["id"] for r in out] == [r["id"] for r in rs[:-1]]
     assert (manifest["read"], manifest["regenerated"], manifest["skipped"], manifest["failed"]) == (len(rs), len(rs) - 1, 1, 0)
@@ -536,7 +525,7 @@ def test_in_process_truncation_is_marked_and_counted(tmp_path, tiny, one_thread)
     rs = hf_records(3)
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     manifest = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "r.jsonl"),
-                                          max_new_tokens=1, batch_size=2, device="cpu"), Recording())
+                                          max_new_tokens=1, batch_size=2, device="cpu"), RecordingUI())
     out = read_jsonl(tmp_path / "r.jsonl")
     assert manifest["truncated_answers"] == manifest["answers"] == answers_of(rs)
     assert all(r["truncated_turns"] == list(range(answers_of([r]))) for r in out)
@@ -555,10 +544,10 @@ def test_server_serving_the_target_gives_the_same_answers(tmp_path, tiny, tiny_m
     rs = hf_records(4)
     src = write_jsonl(tmp_path / "in.jsonl", rs)
     local = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "hf.jsonl"),
-                                       max_new_tokens=20, batch_size=3, device="cpu"), Recording())
+                                       max_new_tokens=20, batch_size=3, device="cpu"), RecordingUI())
     with ChatServer(answer=serve, models=(str(tiny),)) as server:
         remote = run_regenerate(RegenConfig(basepath=str(tiny), input_path=str(src), out_path=str(tmp_path / "srv.jsonl"),
-                                            server=server.url, max_new_tokens=20, backoff_base=0.0), Recording())
+                                            server=server.url, max_new_tokens=20, backoff_base=0.0), RecordingUI())
     assert read_jsonl(tmp_path / "hf.jsonl") == read_jsonl(tmp_path / "srv.jsonl")
     assert local["truncated_answers"] == remote["truncated_answers"]
     assert remote["tokens_per_s"] is None  # this server reports no usage

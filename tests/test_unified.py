@@ -13,6 +13,7 @@ import pytest
 
 from eagle3kit.errors import RecordError
 from eagle3kit.sources import sharegpt, ultrachat
+from helpers import G, H, S
 from eagle3kit.unified import (
     KEPT,
     ROLE_MAP,
@@ -31,16 +32,6 @@ def m(role, value):
     return {"from": role, "value": value}
 
 
-def H(value):
-    return {"from": "human", "value": value}
-
-
-def G(value):
-    return {"from": "gpt", "value": value}
-
-
-def S(value):
-    return {"from": "system", "value": value}
 
 
 # --------------------------------------------------------------------------- rule 1: roles
