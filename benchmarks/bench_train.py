@@ -152,7 +152,7 @@ def main(argv=None) -> int:
 
         def target_step():
             mask = PackedMask.build(mb.doc_ids, backend)
-            return target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+            return target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
 
         print(f"# timing the target step at {max_tokens} tokens", flush=True)
         with torch.no_grad():
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
 
         def train_step():
             mask = PackedMask.build(mb.doc_ids, backend)
-            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
             loss, _ = engine(out, mb, mask, args.ttt_length, 0.8, args.checkpoint_activations)
             engine.backward(loss)
             engine.step()

@@ -50,3 +50,22 @@ def test_flex_target_attention_matches_sdpa_on_a_packed_row(tiny_target):
         outs.append(target.run(ids, pos, doc, PackedMask.build(doc, backend)))
     torch.testing.assert_close(outs[0].aux, outs[1].aux, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[0].probs, outs[1].probs, atol=1e-5, rtol=1e-5)
+
+
+def test_with_the_loss_mask_the_lm_head_runs_on_label_positions_only(tiny_target):
+    model = load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="sdpa")
+    draft_ids = torch.arange(0, model.config.vocab_size, 2)
+    target = FrozenTarget(model, default_aux_layers(model.config.num_hidden_layers), draft_ids, logits_chunk=4)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, model.config.vocab_size, (20,), generator=g)
+    pos = torch.cat([torch.arange(12), torch.arange(8)])
+    doc = doc_ids_from_positions(pos)
+    loss_mask = torch.zeros(20, dtype=torch.bool)
+    loss_mask[[5, 6, 7, 15, 16, 19]] = True
+    full = target.run(ids, pos, doc)
+    compact = target.run(ids, pos, doc, loss_mask=loss_mask)
+    labels = [4, 5, 6, 14, 15, 18]  # the tokens before answer tokens
+    assert compact.probs.shape[0] == len(labels)
+    torch.testing.assert_close(compact.labels(torch.tensor(labels)), full.probs[labels])
+    assert compact.in_vocab.tolist() == [bool(full.in_vocab[j]) and j in labels for j in range(20)]
+    torch.testing.assert_close(compact.aux, full.aux)

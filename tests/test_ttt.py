@@ -10,7 +10,8 @@ import torch
 
 from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask, doc_ids_from_positions, ttt_attention
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.ttt import SoftCrossEntropy, TargetOutputs, simulated_acceptance_length, step_weights, ttt_loss
+from eagle3kit.train.ttt import (SoftCrossEntropy, TargetOutputs, label_positions, simulated_acceptance_length, step_weights,
+                                 ttt_loss)
 
 
 def small_config(**kw) -> DraftConfig:
@@ -201,6 +202,38 @@ def test_ttt_loss_and_gradients_equal_the_plain_reference(checkpoint_steps):
     assert stats[2].tolist() == counts
     for name, p in draft.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_target_distributions_at_label_positions_only_give_the_same_loss_and_gradients():
+    """The target's lm_head may run only where a label can be (before an answer token):
+    the same loss, counts and gradients as with a distribution at every position."""
+    torch.manual_seed(3)
+    config = small_config()
+    draft = Eagle3Draft(config).double()
+    draft.set_vocab(torch.arange(0, 40, 2))
+    positions, doc, loss_mask, full = make_inputs(config, [9, 5, 12], seed=3)
+    full = TargetOutputs(full.aux.double(), full.embeds.double(), full.probs.double(), full.in_vocab)
+    t = positions.numel()
+    where = [j for j in range(t - 1) if loss_mask[j + 1]]  # written plainly
+    assert 0 < len(where) < t - 1
+    label_row = torch.full((t,), -1, dtype=torch.long)
+    label_row[where] = torch.arange(len(where))
+    in_vocab = torch.zeros(t, dtype=torch.bool)
+    in_vocab[where] = full.in_vocab[where]
+    compact = TargetOutputs(full.aux, full.embeds, full.probs[where], in_vocab, label_row=label_row)
+    mask = PackedMask.build(doc, "eager")
+    results = []
+    for target in (full, compact):
+        draft.zero_grad()
+        loss, stats = ttt_loss(draft, target, positions, doc, loss_mask, mask, ttt_length=4, chunk=5)
+        loss.backward()
+        results.append((loss.detach(), stats, {n: p.grad.clone() for n, p in draft.named_parameters()}))
+    (loss_a, stats_a, grads_a), (loss_b, stats_b, grads_b) = results
+    assert loss_a.item() == loss_b.item()
+    assert stats_a.tolist() == stats_b.tolist()
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+    assert label_positions(loss_mask).nonzero().squeeze(-1).tolist() == where
 
 
 def test_every_trainable_parameter_gets_a_gradient_with_activation_checkpointing():

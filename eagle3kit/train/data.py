@@ -152,8 +152,11 @@ def tokenize_batch(batch: dict[str, list], *, tokenizer, max_len: int) -> dict[s
 
 
 # ------------------------------------------------------------------ reading unified files
-def read_unified(path: str) -> Iterator[dict[str, Any]]:
-    """Records of a unified JSONL file, each checked; errors name the file and line."""
+def read_unified(path: str | Path, keep: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """Records of a unified JSONL file, each checked; errors name the file and line.
+
+    Each is ``{"id", "conversations"}`` plus the fields named in ``keep`` that the line
+    has, as they are (unchecked)."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -167,7 +170,9 @@ def read_unified(path: str) -> Iterator[dict[str, Any]]:
                 conversation = validate_unified(record, where)
             except RecordError as error:
                 raise UserError(str(error)) from None
-            yield {"id": str(record.get("id", f"line{number}")), "conversations": conversation}
+            out = {"id": str(record.get("id", f"line{number}")), "conversations": conversation}
+            out.update((name, record[name]) for name in keep if name in record)
+            yield out
 
 
 def _unified_generator(path: str, size: int, mtime_ns: int) -> Iterator[dict[str, Any]]:

@@ -331,7 +331,7 @@ def evaluate(engine, target: FrozenTarget, data: TokenizedData, cfg: TrainConfig
         for rows in mine:
             mb = make_micro_batch(data.dataset, rows, pad_to=pad_to).to(device)
             mask = PackedMask.build(mb.doc_ids, backend)
-            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
             _, stats = engine.module(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, False)
             total += stats.cpu()
     engine.module.train()
@@ -485,7 +485,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 rows = bins[progress.micro]
                 mb = make_micro_batch(data.train.dataset, rows, pad_to=pad_to).to(device)
                 mask = PackedMask.build(mb.doc_ids, backend)
-                out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask)
+                out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
                 loss, stats = engine(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, cfg.checkpoint_activations)
                 engine.backward(loss)
                 engine.step()

@@ -5,7 +5,9 @@ Loaded with ``AutoModelForCausalLM.from_pretrained``, frozen, in bf16 on GPU, ou
 DeepSpeed engine. Features are captured with hooks on the decoder layers (the input of
 layer i is HF ``hidden_states[i]``), so the other layers' outputs are never kept. The
 lm_head runs in row chunks: full-vocabulary logits exist only for one chunk at a time,
-for the top-1 check, and only the draft-vocabulary columns are kept (softmaxed).
+for the top-1 check, and only the draft-vocabulary columns are kept (softmaxed). Given
+the loss mask, it runs only on the positions that can be labels (the tokens before an
+answer token; :func:`eagle3kit.train.ttt.label_positions`): prompts cost no lm_head.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from eagle3kit.errors import UserError
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, dense_doc_causal_mask, register_target_flex
-from eagle3kit.train.ttt import TargetOutputs
+from eagle3kit.train.ttt import TargetOutputs, label_positions
 
 
 def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
@@ -132,9 +134,23 @@ class FrozenTarget:
 
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor,
-            packed: PackedMask | None = None, probs_dtype: torch.dtype | None = None) -> TargetOutputs:
-        """Everything the TTT loss needs from the target for one packed row (T,)."""
+            packed: PackedMask | None = None, probs_dtype: torch.dtype | None = None,
+            loss_mask: torch.Tensor | None = None) -> TargetOutputs:
+        """Everything the TTT loss needs from the target for one packed row (T,).
+
+        With ``loss_mask`` the distributions are computed only where they can be labels
+        (``label_row`` maps positions to them; ``in_vocab`` is False elsewhere)."""
         ids, pos = input_ids[None], position_ids[None]
         aux, last = self.features(ids, pos, self.attention_mask(doc_ids, packed))
-        probs, in_vocab = self.restricted_probs(last[0], probs_dtype or last.dtype)
-        return TargetOutputs(aux=aux, embeds=self.embed_tokens(ids), probs=probs, in_vocab=in_vocab)
+        embeds = self.embed_tokens(ids)
+        dtype = probs_dtype or last.dtype
+        if loss_mask is None:
+            probs, in_vocab = self.restricted_probs(last[0], dtype)
+            return TargetOutputs(aux=aux, embeds=embeds, probs=probs, in_vocab=in_vocab)
+        where = label_positions(loss_mask).nonzero().squeeze(-1)
+        probs, some_in_vocab = self.restricted_probs(last[0].index_select(0, where), dtype)
+        in_vocab = torch.zeros(ids.shape[1], dtype=torch.bool, device=ids.device)
+        in_vocab[where] = some_in_vocab
+        label_row = torch.full((ids.shape[1],), -1, dtype=torch.long, device=ids.device)
+        label_row[where] = torch.arange(where.numel(), device=ids.device)
+        return TargetOutputs(aux=aux, embeds=embeds, probs=probs, in_vocab=in_vocab, label_row=label_row)

@@ -36,8 +36,28 @@ class TargetOutputs:
 
     aux: torch.Tensor  # (1, T, 3 * H_target): fused features
     embeds: torch.Tensor  # (1, T, H): token embeddings
-    probs: torch.Tensor  # (T, V_draft): target distribution restricted to the draft vocabulary
+    probs: torch.Tensor  # (R, V_draft): target distribution restricted to the draft vocabulary
     in_vocab: torch.Tensor  # (T,) bool: the target's top-1 token is in the draft vocabulary
+    #: (T,) long: the row of ``probs`` that holds position t (-1: not computed, never a
+    #: label); ``None``: ``probs`` has a row for every position (R = T)
+    label_row: torch.Tensor | None = None
+
+    def labels(self, positions: torch.Tensor) -> torch.Tensor:
+        """The target distributions at ``positions``: (N,) -> (N, V_draft)."""
+        rows = positions if self.label_row is None else self.label_row.index_select(0, positions)
+        return self.probs.index_select(0, rows)
+
+
+def label_positions(loss_mask: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: the positions whose target distribution can be a label at some TTT step.
+
+    Position j is the label of step k at t = j - k - 1, counted only if ``loss_mask[j + 1]``
+    (see the module docstring), whatever k: so the target's lm_head needs to run on
+    these positions only (the answer tokens' predecessors), not on prompts.
+    """
+    need = torch.zeros_like(loss_mask, dtype=torch.bool)
+    need[:-1] = loss_mask[1:]
+    return need
 
 
 @dataclass
@@ -189,7 +209,7 @@ def ttt_loss(
         rows, n = rows_per_step[k], counts[k]
         if n:
             h = draft.norm(hidden[0].index_select(0, rows))
-            labels = target.probs.index_select(0, rows + k + 1)
+            labels = target.labels(rows + k + 1)
             loss_sum, correct = SoftCrossEntropy.apply(h, draft.lm_head.weight, labels, chunk)
             total = total + (decay**k) * loss_sum / n
         else:  # nothing to learn at this step in this row: keep every parameter in the graph

@@ -1,0 +1,106 @@
+"""The ``eagle3kit export --check DIR`` and ``eagle3kit export DIR --to FMT --out OUT`` commands: run the
+check or the export and print the result (rich is imported only when they run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eagle3kit.errors import UserError
+from eagle3kit.export.check import _check_folder, _engine_problems
+from eagle3kit.export.folder import ENGINE, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
+from eagle3kit.export.problem import Problem
+from eagle3kit.export.write import export_draft
+
+
+def _loads_in(problems_by_fmt: dict[str, list[Problem]]) -> list[str]:
+    return [ENGINE[f] for f, ps in problems_by_fmt.items() if not any(p.is_error for p in ps)]
+
+
+def _summary(folder: DraftFolder, fmt: str | None, basepath: str | None) -> str:
+    flat = folder.flat
+    s = _sizes(flat) or {}
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in folder.tensors.values() if t.is_floating_point()})
+    ec = flat.get("eagle_config") if isinstance(flat.get("eagle_config"), dict) else {}
+    top, nested = flat.get("eagle_aux_hidden_state_layer_ids"), ec.get("eagle_aux_hidden_state_layer_ids")
+    aux = f"{top} (vLLM, HF hidden_states index)" if top else "defaults (not in config)"
+    if nested:
+        aux += f", SGLang eagle_config {nested}"
+    theta, scaling, _ = _rope_of(flat)
+    rope = f"rope_theta {theta:g}" + (f" {scaling.get('rope_type')}" if scaling else "")
+    layout = "speculators" if folder.is_speculators else f"{', '.join(map(str, flat.get('architectures') or []))}"
+    if fmt is None and not folder.is_speculators:
+        target = None
+        try:
+            target = read_target_config(basepath) if basepath else None
+        except UserError:
+            pass
+        engines = _loads_in({f: _engine_problems(folder, f, target) for f in ("sglang", "vllm")})
+    else:
+        engines = [ENGINE[fmt or "speculators"]]
+    return (f"{folder.path} ({layout}, {', '.join(folder.files)}): hidden {s.get('H')}, target hidden "
+            f"{s.get('target_H')}, heads {s.get('heads')}/{s.get('kv')} x {s.get('head_dim')}, intermediate "
+            f"{s.get('I')}, vocab {s.get('vocab')}, draft vocab {s.get('draft_vocab')}, aux layers {aux}, "
+            f"max positions {flat.get('max_position_embeddings')}, {rope}, {'/'.join(dtypes)}; loads in: "
+            f"{', '.join(engines) or 'none as is'}")
+
+
+def _problem_table(problems: list[Problem], title: str):
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("key / field", overflow="fold")
+    table.add_column("problem and what to do", overflow="fold")
+    for p in problems:
+        colour = "red" if p.is_error else "yellow"
+        table.add_row(f"[{colour}]{p.severity}[/{colour}]", p.key, p.message)
+    return table
+
+
+def check_command(draft_dir: str | Path, fmt: str | None = None, basepath: str | None = None) -> list[Problem]:
+    """``eagle3kit export --check DIR``: print the problems (or an OK summary); UserError on any error."""
+    from rich.console import Console
+
+    console = Console()
+    folder = read_folder(draft_dir)
+    problems = _check_folder(folder, fmt, basepath)
+    errors = [p for p in problems if p.is_error]
+    what = f" for {ENGINE[fmt]}" if fmt else ""
+    if problems:
+        console.print(_problem_table(problems, f"eagle3kit export --check {draft_dir}{what}"))
+    if errors:
+        raise UserError(f"{draft_dir}: {len(errors)} error(s){what} (see the table above)")
+    console.print(f"[green]OK[/green]: {_summary(folder, fmt, basepath)}"
+                  + (f" ({len(problems)} warning(s) above)" if problems else ""), highlight=False, soft_wrap=True)
+    return problems
+
+
+def serve_hint(fmt: str, out: Path, basepath: str | None, num_speculative_tokens: int) -> str:
+    base = basepath or "TARGET"
+    if fmt == "sglang":
+        return (f"python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 "
+                f"--speculative-draft-model-path {out} --speculative-num-steps {num_speculative_tokens} "
+                f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {num_speculative_tokens + 1}")
+    if fmt == "vllm":
+        spec = json.dumps({"method": "eagle3", "model": str(out), "num_speculative_tokens": num_speculative_tokens})
+        return f"vllm serve {base} --speculative-config '{spec}'"
+    return f"vllm serve {out}"
+
+
+def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath: str | None = None,
+                   num_speculative_tokens: int = 5) -> Path:
+    """``eagle3kit export DRAFT_DIR --to FMT --out OUT``: write, check, print how to serve it."""
+    from rich.console import Console
+
+    console = Console()
+    out, warnings, notes = export_draft(draft_dir, fmt, out_dir, basepath=basepath,
+                                        num_speculative_tokens=num_speculative_tokens)
+    if warnings:
+        console.print(_problem_table(warnings, f"{fmt} export: warnings"))
+    for note in notes:
+        console.print(f"  {note}", highlight=False)
+    console.print(f"[green]Wrote[/green] {out} ({ENGINE[fmt]} layout, checked). Serve with:", highlight=False)
+    console.print(serve_hint(fmt, out, basepath, num_speculative_tokens), highlight=False, soft_wrap=True)
+    return out
