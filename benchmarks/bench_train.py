@@ -9,7 +9,10 @@ download), packs synthetic conversations of ``--seq-len`` tokens into rows of
 * ``target``: eagle3kit's target step (packed row, fused features from 3 layers, logits
   restricted to the draft vocabulary);
 * ``train``: a whole training step through the DeepSpeed engine (target + 7-step TTT
-  forward and backward + optimizer), with its peak GPU memory.
+  forward and backward + optimizer), with its peak GPU memory;
+* ``train, every position``: the same step with TTT steps 1..6 run on every position
+  (``live_only=False``), the baseline for skipping positions no loss can reach (half of
+  the synthetic row is prompt). ``--no-baseline`` leaves it out.
 
 Prints one row per measurement (median of ``--steps`` after ``--warmup``) and the ratio
 of training to the ceiling; ``--json`` writes them. Meant for a GPU; ``--config tiny``
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-attention", default=None)
     ap.add_argument("--checkpoint-activations", action="store_true")
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true", help="do not time the every-position baseline")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import faulthandler
@@ -171,19 +175,37 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
 
-        def train_step():
+        def train_step(live_only: bool = True):
             mask = PackedMask.build(mb.doc_ids, backend)
             out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
-            loss, _ = engine(out, mb, mask, args.ttt_length, 0.8, args.checkpoint_activations)
+            loss, _ = engine(out, mb, mask, args.ttt_length, 0.8, args.checkpoint_activations, live_only)
             engine.backward(loss)
             engine.step()
 
+        label = (f"draft attention {backend}, ttt {args.ttt_length}"
+                 f"{', checkpointing' if args.checkpoint_activations else ''}")
+        variants = [True] if args.no_baseline else [True, False]
+        timings: dict[bool, list[float]] = {v: [] for v in variants}
+        peaks: dict[bool, float] = {}
         print(f"# timing the train step at {max_tokens} tokens", flush=True)
-        times = timed(train_step, args.steps, args.warmup)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        row = report(f"train step (draft attention {backend}, ttt {args.ttt_length}"
-                     f"{', checkpointing' if args.checkpoint_activations else ''})", times, tokens,
-                     max_tokens=max_tokens, peak_gib=peak)
+        for live_only in variants:  # warm-up of each, then interleaved timed rounds
+            for _ in range(args.warmup):
+                train_step(live_only)
+        for _ in range(args.steps):
+            for live_only in variants:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                timings[live_only] += timed(lambda: train_step(live_only), 1, 0)
+                if cuda:
+                    peaks[live_only] = max(peaks.get(live_only, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        peak = peaks.get(True, float("nan"))
+        row = report(f"train step ({label})", timings[True], tokens, max_tokens=max_tokens, peak_gib=peak)
+        if not args.no_baseline:
+            base = report(f"train step, every position ({label})", timings[False], tokens, max_tokens=max_tokens,
+                          peak_gib=peaks.get(False, float("nan")))
+            row["speedup_vs_every_position"] = base["median_s"] / row["median_s"]
+            print(f"# skipping dead positions: {row['speedup_vs_every_position']:.2f}x the every-position step",
+                  flush=True)
         if not args.skip_ceiling:
             row["ratio_to_ceiling"] = row["tokens_per_s"] / ceiling["tokens_per_s"]
             print(f"# max_tokens {max_tokens}: train {row['tokens_per_s']:,.0f} tok/s = "

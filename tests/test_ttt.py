@@ -10,8 +10,8 @@ import torch
 
 from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask, doc_ids_from_positions, ttt_attention
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.ttt import (SoftCrossEntropy, TargetOutputs, label_positions, simulated_acceptance_length, step_weights,
-                                 ttt_loss)
+from eagle3kit.train.ttt import (SoftCrossEntropy, TargetOutputs, label_positions, live_positions,
+                                 simulated_acceptance_length, step_weights, ttt_loss)
 
 
 def small_config(**kw) -> DraftConfig:
@@ -204,6 +204,92 @@ def test_ttt_loss_and_gradients_equal_the_plain_reference(checkpoint_steps):
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
 
 
+def prompt_heavy_inputs(config, seed=0):
+    """Conversations with long prompts: later TTT steps have positions to skip."""
+    lengths = [20, 9, 24]
+    positions, doc, _, target = make_inputs(config, lengths, seed=seed)
+    loss_mask = torch.tensor([p >= n // 2 for n in lengths for p in range(n)])
+    loss_mask[30] = False  # a hole inside an answer
+    return positions, doc, loss_mask, target
+
+
+def test_live_positions_are_those_counted_at_this_step_or_later():
+    torch.manual_seed(0)
+    config = small_config()
+    positions, doc, loss_mask, target = prompt_heavy_inputs(config)
+    counted = [step_weights(loss_mask, doc, target.in_vocab, k) for k in range(4)]
+    live = live_positions(counted)
+    t = positions.numel()
+    for k in range(4):
+        want = [any(bool(counted[j][i]) for j in range(k, 4)) for i in range(t)]  # written plainly
+        assert live[k].tolist() == want
+    sizes = [int(x.sum()) for x in live]
+    assert t > sizes[0] > sizes[1] > sizes[2] > sizes[3]  # prompts and conversation ends are skipped
+
+
+@pytest.mark.parametrize("checkpoint_steps", [False, True])
+def test_skipping_dead_positions_gives_the_plain_loss_and_gradients(checkpoint_steps):
+    """Later steps run on the live positions only: the same loss, counts and gradients as
+    the plain reference, and as running every step on every position."""
+    torch.manual_seed(5)
+    config = small_config()
+    draft = Eagle3Draft(config).double()
+    draft.set_vocab(torch.arange(0, 40, 2))
+    positions, doc, loss_mask, target = prompt_heavy_inputs(config, seed=5)
+    target = TargetOutputs(target.aux.double(), target.embeds.double(), target.probs.double(), target.in_vocab)
+    mask = PackedMask.build(doc, "eager")
+    results = []
+    for live_only in (True, False):
+        draft.zero_grad()
+        loss, stats = ttt_loss(draft, target, positions, doc, loss_mask, mask, ttt_length=5, decay=0.8,
+                               checkpoint_steps=checkpoint_steps, chunk=6, live_only=live_only)
+        loss.backward()
+        results.append((loss.detach(), stats, {n: p.grad.clone() for n, p in draft.named_parameters()}))
+    draft.zero_grad()
+    ref, counts = reference_ttt_loss(draft, target, positions, doc, loss_mask, 5, 0.8)
+    ref.backward()
+    for loss, stats, grads in results:
+        torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-9, atol=1e-9)
+        assert stats[2].tolist() == counts
+        for name, p in draft.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_flex_backend_skips_dead_positions_like_eager_on_cpu_forward():
+    """Live positions' queries are put back at their places for the flex kernel's
+    whole-row block mask: the same loss as eager (forward; flex backward runs on GPU)."""
+    torch.manual_seed(6)
+    config = small_config(head_dim=16)
+    draft = Eagle3Draft(config)
+    draft.set_vocab(torch.arange(20))
+    lengths = [60, 30, 70]
+    positions, doc, _, target = make_inputs(config, lengths, seed=6)
+    loss_mask = torch.tensor([p >= n // 2 for n in lengths for p in range(n)])
+    with torch.no_grad():
+        got = [ttt_loss(draft, target, positions, doc, loss_mask, PackedMask.build(doc, backend), ttt_length=4)
+               for backend in ("flex", "eager")]
+    torch.testing.assert_close(got[0][0], got[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0][1], got[1][1], rtol=1e-5, atol=1e-4)
+
+
+def test_a_row_whose_answers_end_early_stops_the_unroll_with_zero_counts():
+    torch.manual_seed(7)
+    config = small_config()
+    draft = Eagle3Draft(config)
+    draft.set_vocab(torch.arange(20))
+    positions, doc, _, target = make_inputs(config, [12], seed=7)
+    target.in_vocab[:] = True
+    loss_mask = torch.zeros(12, dtype=torch.bool)
+    loss_mask[3] = True  # one answer token: counted at step 0 (t = 1) and step 1 (t = 0) only
+    loss, stats = ttt_loss(draft, target, positions, doc, loss_mask, PackedMask.build(doc, "eager"), ttt_length=4)
+    assert stats[2].tolist() == [1, 1, 0, 0]
+    loss.backward()
+    for name, p in draft.named_parameters():
+        assert p.grad is not None, name
+
+
 def test_target_distributions_at_label_positions_only_give_the_same_loss_and_gradients():
     """The target's lm_head may run only where a label can be (before an answer token):
     the same loss, counts and gradients as with a distribution at every position."""
@@ -236,12 +322,15 @@ def test_target_distributions_at_label_positions_only_give_the_same_loss_and_gra
     assert label_positions(loss_mask).nonzero().squeeze(-1).tolist() == where
 
 
-def test_every_trainable_parameter_gets_a_gradient_with_activation_checkpointing():
+@pytest.mark.parametrize("prompt_heavy", [False, True])
+def test_every_trainable_parameter_gets_a_gradient_with_activation_checkpointing(prompt_heavy):
     torch.manual_seed(1)
     config = small_config()
     draft = Eagle3Draft(config)
     draft.set_vocab(torch.arange(20))
     positions, doc, loss_mask, target = make_inputs(config, [16, 16], seed=1)
+    if prompt_heavy:
+        positions, doc, loss_mask, target = prompt_heavy_inputs(config, seed=1)
     loss, _ = ttt_loss(draft, target, positions, doc, loss_mask, PackedMask.build(doc, "eager"), ttt_length=3,
                        checkpoint_steps=True)
     loss.backward()

@@ -169,17 +169,31 @@ class PackedMask:
             return cls(backend, dense=dense_doc_causal_mask(doc_ids))
         raise ValueError(f"unknown attention backend {backend!r} (eager or flex)")
 
-    def causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out, lse)`` of the queries ``q`` over all the keys ``k``.
+
+        ``rows``: the positions of ``q``'s rows when it holds only some of them (then
+        ``q``: (B, heads, len(rows), D)); ``None``: one query per position."""
         if self.backend == "flex":
-            return flex_causal(q, k, v, self.block)
-        return eager_causal(q, k, v, self.dense)
+            if rows is None:
+                return flex_causal(q, k, v, self.block)
+            # the block mask is for the whole row: queries go to their positions (zeros
+            # elsewhere, whose outputs are dropped), so its shape and compiled kernel stay
+            b, h, _, d = q.shape
+            full = q.new_zeros(b, h, k.shape[2], d).index_copy(2, rows, q)
+            out, lse = flex_causal(full, k, v, self.block)
+            return out.index_select(2, rows), lse.index_select(2, rows)
+        return eager_causal(q, k, v, self.dense if rows is None else self.dense.index_select(0, rows))
 
 
 def ttt_attention(q: torch.Tensor, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...],
-                  mask: PackedMask) -> torch.Tensor:
-    """Attention of TTT step ``len(keys) - 1``: ``keys[0]`` are the step-0 keys (causal),
-    ``keys[1:]`` the later steps' keys, each seen at its own position only."""
-    out0, lse0 = mask.causal(q, keys[0], values[0])
+                  mask: PackedMask, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of TTT step ``len(keys) - 1``: ``keys[0]`` are the step-0 keys (causal,
+    one per position), ``keys[1:]`` the later steps' keys, each seen at its own position
+    only. ``rows``: the positions of ``q``'s rows, which ``keys[1:]`` and ``values[1:]``
+    share, when only some positions are computed (``None``: all)."""
+    out0, lse0 = mask.causal(q, keys[0], values[0], rows)
     if len(keys) == 1:
         return out0
     return merge_diagonal(out0, lse0, q, list(keys[1:]), list(values[1:]))

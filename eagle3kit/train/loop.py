@@ -176,9 +176,10 @@ class DraftTrainer(torch.nn.Module):
         super().__init__()
         self.draft = draft
 
-    def forward(self, target_out, mb, mask, ttt_length: int, decay: float, checkpoint_steps: bool):
+    def forward(self, target_out, mb, mask, ttt_length: int, decay: float, checkpoint_steps: bool,
+                live_only: bool = True):
         return ttt_loss(self.draft, target_out, mb.position_ids, mb.doc_ids, mb.loss_mask, mask,
-                        ttt_length=ttt_length, decay=decay, checkpoint_steps=checkpoint_steps)
+                        ttt_length=ttt_length, decay=decay, checkpoint_steps=checkpoint_steps, live_only=live_only)
 
 
 # ------------------------------------------------------------------ reporting

@@ -17,6 +17,9 @@ at position t (it has read x_0..x_t); p_t the target's next-token distribution a
   target's top-1 token at t+k+1 is in the draft vocabulary.
 * loss_k = soft cross-entropy of the draft logits against p_{t+k+1}, summed over counted
   positions and divided by their number; total = sum_k decay^k loss_k.
+* Work is spent only where it can reach a loss: step 0 runs on every position (each is a
+  key of later ones), step k >= 1 only on the positions still counted at k or later
+  (:func:`live_positions`), so prompts cost one step, not ``ttt_length``.
 """
 
 from __future__ import annotations
@@ -154,8 +157,30 @@ def shift_left(x: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, values: tuple, mask: PackedMask):
-    """One TTT step; returns the new hidden state and this step's keys and values.
+def live_positions(counted: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(T,) bool per step: the positions whose step-k hidden state can reach a loss.
+
+    The step-k output at t feeds only step k+1 at t, and its key is seen only by the later
+    steps' queries at t, so it matters iff t is counted at step k or at a later one:
+    ``live[k] = counted[k] | counted[k+1] | ...``. Prompts and the last tokens of each
+    conversation are not live: later steps skip them (a subset of the previous step's).
+    """
+    live, acc = [], torch.zeros_like(counted[0])
+    for w in reversed(counted):
+        acc = acc | w
+        live.append(acc)
+    return live[::-1]
+
+
+def _index_in(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Where each of ``positions`` sits among the positions ``mask`` selects."""
+    return (torch.cumsum(mask.long(), 0) - 1).index_select(0, positions)
+
+
+def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, values: tuple, mask: PackedMask,
+                rows: torch.Tensor | None):
+    """One TTT step on the positions ``rows`` (``None``: all); returns the new hidden
+    state and this step's keys and values.
 
     A pure function of its tensor arguments (the cache comes in, the new entries go out),
     so non-reentrant checkpointing can recompute it."""
@@ -163,7 +188,7 @@ def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, value
 
     def attend(q, k, v):
         new["k"], new["v"] = k, v
-        return ttt_attention(q, keys + (k,), values + (v,), mask)
+        return ttt_attention(q, keys + (k,), values + (v,), mask, rows)
 
     hidden = draft.layer(embeds, hidden, cos, sin, attend)
     return hidden, new["k"], new["v"]
@@ -180,16 +205,30 @@ def ttt_loss(
     decay: float = 0.8,
     checkpoint_steps: bool = False,
     chunk: int = 4096,
+    live_only: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The TTT loss of one packed row, and per-step sums for logging.
 
     ``position_ids``, ``doc_ids``, ``loss_mask``: (T,). Returns ``(total, stats)`` with
     ``stats`` a (3, ttt_length) float64 tensor on the device: per step the summed loss,
     the top-1 agreements and the counted positions (:meth:`StepStats.from_tensor`).
+
+    Step 0 runs on every position (all are keys of later positions); step k >= 1 only on
+    the :func:`live_positions`. ``live_only=False`` runs every step on every position
+    that has an input token (the same loss, more work: a baseline for benchmarks).
     """
-    # which positions count at each step, found before the unroll: the only host syncs
-    rows_per_step = [step_weights(loss_mask, doc_ids, target.in_vocab, k).nonzero().squeeze(-1) for k in range(ttt_length)]
-    counts = [int(r.numel()) for r in rows_per_step]
+    t = loss_mask.numel()
+    counted = [step_weights(loss_mask, doc_ids, target.in_vocab, k) for k in range(ttt_length)]
+    if live_only:
+        live = live_positions(counted)
+    else:
+        pos = torch.arange(t, device=loss_mask.device)
+        live = [pos < t - k - 1 for k in range(ttt_length)]
+    # the positions of each step, found before the unroll in one go: the only host syncs
+    hits = torch.stack(counted + live).nonzero()
+    sizes = torch.bincount(hits[:, 0], minlength=2 * ttt_length).tolist()
+    parts = torch.split(hits[:, 1], sizes)
+    counted_rows, live_rows = parts[:ttt_length], parts[ttt_length:]
 
     hidden = draft.fc(target.aux.to(draft.fc.weight.dtype))
     embeds = target.embeds.to(hidden.dtype)
@@ -197,26 +236,40 @@ def ttt_loss(
     values: tuple = ()
     loss_sums, corrects = [], []
     total = hidden.new_zeros((), dtype=torch.float32)
+    zero = torch.zeros((), dtype=torch.float64, device=hidden.device)
     for k in range(ttt_length):
-        cos, sin = draft.rope((position_ids + k)[None], hidden)
-        args = (draft, shift_left(embeds, k + 1), hidden, cos, sin, keys, values, mask)
+        if k == 0:
+            rows = None
+            args = (draft, shift_left(embeds, 1), hidden, *draft.rope(position_ids[None], hidden), keys, values, mask, rows)
+        elif not sizes[ttt_length + k]:  # no live position left: nothing more to learn in this row
+            loss_sums.append(zero)
+            corrects.append(zero)
+            continue
+        else:  # keep the live positions of the hidden state and of the diagonal keys
+            rows = live_rows[k]
+            keep = rows if k == 1 else _index_in(live[k - 1], rows)
+            hidden = hidden.index_select(1, keep)
+            keys = keys[:1] + tuple(x.index_select(2, keep) for x in keys[1:])
+            values = values[:1] + tuple(x.index_select(2, keep) for x in values[1:])
+            cos, sin = draft.rope((position_ids.index_select(0, rows) + k)[None], hidden)
+            args = (draft, embeds.index_select(1, rows + k + 1), hidden, cos, sin, keys, values, mask, rows)
         if checkpoint_steps and torch.is_grad_enabled():
             hidden, key, value = checkpoint(_draft_step, *args, use_reentrant=False)
         else:
             hidden, key, value = _draft_step(*args)
         keys, values = keys + (key,), values + (value,)
 
-        rows, n = rows_per_step[k], counts[k]
+        where, n = counted_rows[k], sizes[k]
         if n:
-            h = draft.norm(hidden[0].index_select(0, rows))
-            labels = target.labels(rows + k + 1)
+            h = draft.norm(hidden[0].index_select(0, where if k == 0 else _index_in(live[k], where)))
+            labels = target.labels(where + k + 1)
             loss_sum, correct = SoftCrossEntropy.apply(h, draft.lm_head.weight, labels, chunk)
             total = total + (decay**k) * loss_sum / n
-        else:  # nothing to learn at this step in this row: keep every parameter in the graph
+        else:  # nothing counted at this step in this row: keep every parameter in the graph
             loss_sum = 0.0 * draft.logits(hidden[:, :1]).float().sum()
             correct = torch.zeros((), dtype=torch.long, device=hidden.device)
             total = total + loss_sum
         loss_sums.append(loss_sum.detach().double())
         corrects.append(correct.double())
-    stats = torch.stack([torch.stack(loss_sums), torch.stack(corrects), torch.tensor(counts, dtype=torch.float64, device=hidden.device)])
+    stats = torch.stack([torch.stack(loss_sums), torch.stack(corrects), torch.tensor(sizes[:ttt_length], dtype=torch.float64, device=hidden.device)])
     return total, stats
