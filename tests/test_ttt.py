@@ -290,6 +290,48 @@ def test_a_row_whose_answers_end_early_stops_the_unroll_with_zero_counts():
         assert p.grad is not None, name
 
 
+def test_a_row_without_answers_still_puts_every_parameter_in_the_graph():
+    torch.manual_seed(8)
+    config = small_config()
+    draft = Eagle3Draft(config)
+    draft.set_vocab(torch.arange(20))
+    positions, doc, _, target = make_inputs(config, [7, 5], seed=8)
+    loss, stats = ttt_loss(draft, target, positions, doc, torch.zeros(12, dtype=torch.bool),
+                           PackedMask.build(doc, "eager"), ttt_length=3)
+    assert stats.tolist() == [[0.0] * 3] * 3
+    assert loss.item() == 0.0
+    loss.backward()
+    for name, p in draft.named_parameters():  # DeepSpeed's reduction expects every gradient
+        assert p.grad is not None and not p.grad.any(), name
+
+
+def test_decoder_layer_computes_only_the_requested_outputs_from_every_key():
+    """``outputs=``: the same rows as the whole layer's output, while the attention still
+    sees every position's key and value."""
+    torch.manual_seed(9)
+    config = small_config()
+    draft = Eagle3Draft(config).double()
+    lengths = [9, 14]
+    positions, doc, _, target = make_inputs(config, lengths, seed=9)
+    embeds, hidden = target.embeds.double(), torch.randn(1, 23, config.hidden_size, dtype=torch.float64)
+    cos, sin = draft.rope(positions[None], hidden)
+    mask = PackedMask.build(doc, "eager")
+    rows = torch.tensor([0, 4, 9, 10, 22])
+    seen = {}
+
+    def attend_all(q, k, v):
+        return ttt_attention(q, (k,), (v,), mask)
+
+    def attend_rows(q, k, v):
+        seen["q"], seen["k"] = q.shape[2], k.shape[2]
+        return ttt_attention(q, (k,), (v,), mask, rows)
+
+    whole = draft.layer(embeds, hidden, cos, sin, attend_all)
+    some = draft.layer(embeds, hidden, cos, sin, attend_rows, outputs=rows)
+    assert seen == {"q": 5, "k": 23}
+    torch.testing.assert_close(some, whole.index_select(1, rows), rtol=1e-12, atol=1e-12)
+
+
 def test_target_distributions_at_label_positions_only_give_the_same_loss_and_gradients():
     """The target's lm_head may run only where a label can be (before an answer token):
     the same loss, counts and gradients as with a distribution at every position."""

@@ -217,18 +217,26 @@ class Eagle3Draft(nn.Module):
         return rotary(like, position_ids)
 
     def layer(self, embeds: torch.Tensor, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              attend: Attend) -> torch.Tensor:
-        """One pass of the decoder layer. ``embeds``, ``hidden``: (B, T, H) -> (B, T, H)."""
+              attend: Attend, outputs: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass of the decoder layer. ``embeds``, ``hidden``: (B, T, H) -> (B, T, H).
+
+        ``outputs``: indices along T of the positions whose output is wanted (then the
+        result is (B, len(outputs), H)). Every position still gives its key and value;
+        only those positions run the query, the attention, ``o_proj`` and the MLP."""
         m = self.midlayer
         a = m.self_attn
         b, t, _ = hidden.shape
         x = torch.cat((m.input_layernorm(embeds), m.hidden_norm(hidden)), dim=-1)
-        q = a.q_proj(x).view(b, t, a.heads, a.head_dim).transpose(1, 2)
         k = a.k_proj(x).view(b, t, a.kv_heads, a.head_dim).transpose(1, 2)
         v = a.v_proj(x).view(b, t, a.kv_heads, a.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = attend(q, k, v)  # (B, heads, T, D)
-        h = hidden + a.o_proj(o.transpose(1, 2).reshape(b, t, a.heads * a.head_dim))
+        k = apply_rope(k, cos, sin)
+        if outputs is not None:
+            x, hidden = x.index_select(1, outputs), hidden.index_select(1, outputs)
+            cos, sin = cos.index_select(1, outputs), sin.index_select(1, outputs)
+        n = x.shape[1]
+        q = apply_rope(a.q_proj(x).view(b, n, a.heads, a.head_dim).transpose(1, 2), cos, sin)
+        o = attend(q, k, v)  # (B, heads, n, D)
+        h = hidden + a.o_proj(o.transpose(1, 2).reshape(b, n, a.heads * a.head_dim))
         return h + m.mlp(m.post_attention_layernorm(h))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,10 @@ at position t (it has read x_0..x_t); p_t the target's next-token distribution a
   target's top-1 token at t+k+1 is in the draft vocabulary.
 * loss_k = soft cross-entropy of the draft logits against p_{t+k+1}, summed over counted
   positions and divided by their number; total = sum_k decay^k loss_k.
-* Work is spent only where it can reach a loss: step 0 runs on every position (each is a
-  key of later ones), step k >= 1 only on the positions still counted at k or later
-  (:func:`live_positions`), so prompts cost one step, not ``ttt_length``.
+* Work is spent only where it can reach a loss: step k runs only on the positions still
+  counted at k or later (:func:`live_positions`); step 0 also gives every position's key
+  and value (later queries attend to them) but runs its queries, attention and MLP on the
+  live ones. A prompt token costs one key and value, not ``ttt_length`` layer passes.
 """
 
 from __future__ import annotations
@@ -179,9 +180,11 @@ def _index_in(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, values: tuple, mask: PackedMask,
                 rows: torch.Tensor | None):
-    """One TTT step on the positions ``rows`` (``None``: all); returns the new hidden
-    state and this step's keys and values.
+    """One TTT step whose outputs are the positions ``rows`` (``None``: all); returns the
+    new hidden state and this step's keys and values.
 
+    Step 0 (no cache yet) reads every position, since all are keys, and computes only
+    ``rows``; later steps read only ``rows`` (their inputs are already selected).
     A pure function of its tensor arguments (the cache comes in, the new entries go out),
     so non-reentrant checkpointing can recompute it."""
     new: dict[str, torch.Tensor] = {}
@@ -190,7 +193,7 @@ def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, value
         new["k"], new["v"] = k, v
         return ttt_attention(q, keys + (k,), values + (v,), mask, rows)
 
-    hidden = draft.layer(embeds, hidden, cos, sin, attend)
+    hidden = draft.layer(embeds, hidden, cos, sin, attend, outputs=None if keys else rows)
     return hidden, new["k"], new["v"]
 
 
@@ -213,8 +216,8 @@ def ttt_loss(
     ``stats`` a (3, ttt_length) float64 tensor on the device: per step the summed loss,
     the top-1 agreements and the counted positions (:meth:`StepStats.from_tensor`).
 
-    Step 0 runs on every position (all are keys of later positions); step k >= 1 only on
-    the :func:`live_positions`. ``live_only=False`` runs every step on every position
+    Step k computes only the :func:`live_positions` (step 0 also gives every position's
+    key and value). ``live_only=False`` runs every step on every position
     that has an input token (the same loss, more work: a baseline for benchmarks).
     """
     t = loss_mask.numel()
@@ -238,8 +241,8 @@ def ttt_loss(
     total = hidden.new_zeros((), dtype=torch.float32)
     zero = torch.zeros((), dtype=torch.float64, device=hidden.device)
     for k in range(ttt_length):
-        if k == 0:
-            rows = None
+        if k == 0:  # every position in, the live ones out (none live: all, to keep the graph whole)
+            rows = live_rows[0] if sizes[ttt_length] else None
             args = (draft, shift_left(embeds, 1), hidden, *draft.rope(position_ids[None], hidden), keys, values, mask, rows)
         elif not sizes[ttt_length + k]:  # no live position left: nothing more to learn in this row
             loss_sums.append(zero)
@@ -247,7 +250,7 @@ def ttt_loss(
             continue
         else:  # keep the live positions of the hidden state and of the diagonal keys
             rows = live_rows[k]
-            keep = rows if k == 1 else _index_in(live[k - 1], rows)
+            keep = _index_in(live[k - 1], rows)
             hidden = hidden.index_select(1, keep)
             keys = keys[:1] + tuple(x.index_select(2, keep) for x in keys[1:])
             values = values[:1] + tuple(x.index_select(2, keep) for x in values[1:])
@@ -261,7 +264,7 @@ def ttt_loss(
 
         where, n = counted_rows[k], sizes[k]
         if n:
-            h = draft.norm(hidden[0].index_select(0, where if k == 0 else _index_in(live[k], where)))
+            h = draft.norm(hidden[0].index_select(0, _index_in(live[k], where)))
             labels = target.labels(where + k + 1)
             loss_sum, correct = SoftCrossEntropy.apply(h, draft.lm_head.weight, labels, chunk)
             total = total + (decay**k) * loss_sum / n
