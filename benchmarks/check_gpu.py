@@ -4,7 +4,9 @@ The flex-attention TTT (compiled, block-sparse, log-sum-exp merge) must give the
 loss and gradients as the eager reference that the CPU tests pin against a plain
 implementation; checked here in fp32 and bf16 on random inputs, with and without
 activation checkpointing. The flex run skips dead positions (``live_only``), the eager
-one computes every position, so the check also covers the live-position bookkeeping. Prints one JSON line per case and exits 1 on a mismatch.
+one computes every position, so the check also covers the live-position bookkeeping.
+Prints one JSON line per case and exits 1 on a mismatch. Without CUDA it is a dry run
+of this script (fp32, forward only: uncompiled flex attention has no CPU backward).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from eagle3kit.train.draft import DraftConfig, Eagle3Draft  # noqa: E402
 from eagle3kit.train.ttt import TargetOutputs, ttt_loss  # noqa: E402
 
 
-def case(dtype: torch.dtype, checkpoint: bool, lengths=(300, 129, 451, 144)) -> dict:
+def case(dtype: torch.dtype, checkpoint: bool, dev: torch.device, lengths=(300, 129, 451, 144)) -> dict:
     torch.manual_seed(0)
-    dev = torch.device("cuda")
+    backward = dev.type == "cuda"
     c = DraftConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=32, intermediate_size=512,
                     rms_norm_eps=1e-6, vocab_size=1000, draft_vocab_size=300, max_position_embeddings=4096,
                     aux_layers=[1, 2, 3], target_hidden_size=256, target_num_layers=4, rope={"rope_theta": 10000.0})
@@ -43,23 +45,27 @@ def case(dtype: torch.dtype, checkpoint: bool, lengths=(300, 129, 451, 144)) -> 
     results = {}
     for backend in ("eager", "flex"):  # eager runs every step on every position; flex on the live ones
         draft.zero_grad()
-        loss, stats = ttt_loss(draft, tgt, pos, doc, loss_mask, PackedMask.build(doc, backend), ttt_length=5,
-                               checkpoint_steps=checkpoint and backend == "flex", live_only=backend == "flex")
-        loss.backward()
-        results[backend] = (float(loss), {n: p.grad.float().clone() for n, p in draft.named_parameters()})
+        with torch.set_grad_enabled(backward):
+            loss, stats = ttt_loss(draft, tgt, pos, doc, loss_mask, PackedMask.build(doc, backend), ttt_length=5,
+                                   checkpoint_steps=checkpoint and backend == "flex", live_only=backend == "flex")
+        if backward:
+            loss.backward()
+        grads = {n: p.grad.float().clone() if backward else torch.zeros(1) for n, p in draft.named_parameters()}
+        results[backend] = (float(loss), grads)
     (l_e, g_e), (l_f, g_f) = results["eager"], results["flex"]
     rel = max(float((g_f[n] - g_e[n]).norm() / (g_e[n].norm() + 1e-12)) for n in g_e)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     ok = abs(l_f - l_e) <= tol * max(1.0, abs(l_e)) and rel <= tol * 3
-    return {"dtype": str(dtype), "checkpointing": checkpoint, "loss_eager": l_e, "loss_flex": l_f,
-            "max_rel_grad_diff": rel, "ok": ok}
+    return {"device": dev.type, "dtype": str(dtype), "checkpointing": checkpoint, "loss_eager": l_e,
+            "loss_flex": l_f, "max_rel_grad_diff": rel if backward else None, "ok": ok}
 
 
 def main() -> int:
     failed = False
-    for dtype in (torch.float32, torch.bfloat16):
-        for checkpoint in (False, True):
-            r = case(dtype, checkpoint)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for dtype in (torch.float32, torch.bfloat16) if dev.type == "cuda" else (torch.float32,):
+        for checkpoint in (False, True) if dev.type == "cuda" else (False,):
+            r = case(dtype, checkpoint, dev)
             print(json.dumps(r), flush=True)
             failed |= not r["ok"]
     return 1 if failed else 0
