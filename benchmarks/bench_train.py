@@ -12,7 +12,8 @@ download), packs synthetic conversations of ``--seq-len`` tokens into rows of
   forward and backward + optimizer), with its peak GPU memory;
 * ``train, every position``: the same step with TTT steps 1..6 run on every position
   (``live_only=False``), the baseline for skipping positions no loss can reach (half of
-  the synthetic row is prompt). ``--no-baseline`` leaves it out.
+  the synthetic row is prompt; ``--answer-share`` changes that). ``--no-baseline`` leaves
+  it out.
 
 Prints one row per measurement (median of ``--steps`` after ``--warmup``) and the ratio
 of training to the ceiling; ``--json`` writes them. Meant for a GPU; ``--config tiny``
@@ -68,8 +69,9 @@ def timed(fn, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0):
-    """A packed row of ``n_conv`` conversations; every other 256-token span is an answer."""
+def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0, answer_share: float = 0.5):
+    """A packed row of ``n_conv`` conversations of turns of 512 tokens: a prompt, then an
+    answer of ``answer_share`` of the turn (0.5: every other 256-token span is an answer)."""
     from eagle3kit.train.attention import doc_ids_from_positions
     from eagle3kit.train.data import MicroBatch
 
@@ -77,7 +79,7 @@ def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0):
     t = n_conv * seq_len
     ids = torch.randint(0, vocab, (t,), generator=g)
     pos = torch.arange(seq_len).repeat(n_conv)
-    mask = ((pos // 256) % 2 == 1)
+    mask = (pos % 512) >= round(512 * (1 - answer_share))
     return MicroBatch(ids, pos, doc_ids_from_positions(pos), mask, t).to(device)
 
 
@@ -95,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-activations", action="store_true")
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--no-baseline", action="store_true", help="do not time the every-position baseline")
+    ap.add_argument("--answer-share", type=float, default=0.5,
+                    help="share of each 512-token turn that is answer (loss-masked); the rest is prompt")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import faulthandler
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     for max_tokens in args.max_tokens:
         n_conv = max(1, max_tokens // args.seq_len)
         tokens = n_conv * args.seq_len
-        mb = synthetic_row(n_conv, args.seq_len, vocab, device)
+        mb = synthetic_row(n_conv, args.seq_len, vocab, device, answer_share=args.answer_share)
         if not args.skip_ceiling:
             ids = mb.input_ids.view(n_conv, args.seq_len)
             with torch.no_grad():
