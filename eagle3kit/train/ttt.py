@@ -173,11 +173,6 @@ def live_positions(counted: list[torch.Tensor]) -> list[torch.Tensor]:
     return live[::-1]
 
 
-def _index_in(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Where each of ``positions`` sits among the positions ``mask`` selects."""
-    return (torch.cumsum(mask.long(), 0) - 1).index_select(0, positions)
-
-
 def _draft_step(draft: Eagle3Draft, embeds, hidden, cos, sin, keys: tuple, values: tuple, mask: PackedMask,
                 rows: torch.Tensor | None):
     """One TTT step whose outputs are the positions ``rows`` (``None``: all); returns the
@@ -232,6 +227,8 @@ def ttt_loss(
     sizes = torch.bincount(hits[:, 0], minlength=2 * ttt_length).tolist()
     parts = torch.split(hits[:, 1], sizes)
     counted_rows, live_rows = parts[:ttt_length], parts[ttt_length:]
+    # rank[k][t]: where position t sits among step k's live positions (its row in hidden)
+    rank = torch.stack(live).long().cumsum(1) - 1
 
     hidden = draft.fc(target.aux.to(draft.fc.weight.dtype))
     embeds = target.embeds.to(hidden.dtype)
@@ -250,7 +247,7 @@ def ttt_loss(
             continue
         else:  # keep the live positions of the hidden state and of the diagonal keys
             rows = live_rows[k]
-            keep = _index_in(live[k - 1], rows)
+            keep = rank[k - 1].index_select(0, rows)
             hidden = hidden.index_select(1, keep)
             keys = keys[:1] + tuple(x.index_select(2, keep) for x in keys[1:])
             values = values[:1] + tuple(x.index_select(2, keep) for x in values[1:])
@@ -264,7 +261,7 @@ def ttt_loss(
 
         where, n = counted_rows[k], sizes[k]
         if n:
-            h = draft.norm(hidden[0].index_select(0, _index_in(live[k], where)))
+            h = draft.norm(hidden[0].index_select(0, rank[k].index_select(0, where)))
             labels = target.labels(where + k + 1)
             loss_sum, correct = SoftCrossEntropy.apply(h, draft.lm_head.weight, labels, chunk)
             total = total + (decay**k) * loss_sum / n
