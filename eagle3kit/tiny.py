@@ -62,13 +62,29 @@ def tiny_llama_config(vocab_size: int, layers: int = 6, hidden: int = 128, **ove
     return LlamaConfig(**kwargs)
 
 
+def tiny_qwen3_config(vocab_size: int, layers: int = 6, hidden: int = 128, **overrides):
+    """A Qwen3-shaped config: heads wider than ``hidden / heads``, q/k norms, tied embeddings."""
+    from transformers import Qwen3Config
+
+    kwargs = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=2 * hidden // 4, max_position_embeddings=8192,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    kwargs.update(overrides)
+    return Qwen3Config(**kwargs)
+
+
+ARCHITECTURES = {"llama": ("LlamaForCausalLM", tiny_llama_config), "qwen3": ("Qwen3ForCausalLM", tiny_qwen3_config)}
+
+
 def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict]], *, style: str = "llama3",
                       steps: int = 120, layers: int = 6, hidden: int = 128, seed: int = 0, batch_size: int = 16,
-                      lr: float = 3e-3, vocab_size: int = 1024, progress=None, device: str = "cpu") -> Path:
-    """Train a tokenizer and a small Llama on ``conversations`` (unified format); save both
-    to ``out_dir``. Returns ``out_dir``. ``progress(step, loss)`` is called as it trains."""
+                      lr: float = 3e-3, vocab_size: int = 1024, progress=None, device: str = "cpu",
+                      architecture: str = "llama") -> Path:
+    """Train a tokenizer and a small model (``architecture``: llama or qwen3) on
+    ``conversations`` (unified format); save both to ``out_dir``. Returns ``out_dir``.
+    ``progress(step, loss)`` is called as it trains."""
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
 
     from eagle3kit.train.data import to_messages
 
@@ -78,7 +94,8 @@ def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict
     tokenizer = build_tokenizer(conversation_texts(conversations), style=style, vocab_size=vocab_size)
     rows = [tokenizer.apply_chat_template(to_messages(c), tokenize=True, add_generation_prompt=False) for c in conversations]
     rows = [r["input_ids"] if isinstance(r, dict) or hasattr(r, "keys") else r for r in rows]
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), layers=layers, hidden=hidden)).to(device)
+    class_name, make_config = ARCHITECTURES[architecture]
+    model = getattr(transformers, class_name)(make_config(len(tokenizer), layers=layers, hidden=hidden)).to(device)
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
