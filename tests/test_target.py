@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from eagle3kit.train.attention import PackedMask, doc_ids_from_positions
+from eagle3kit.train.attention import TARGET_FLEX, PackedMask, doc_ids_from_positions
 from eagle3kit.train.draft import default_aux_layers
 from eagle3kit.train.target import FrozenTarget, load_target_model
 
@@ -37,8 +38,6 @@ def test_packed_row_gives_each_conversation_its_own_features(tiny_target):
 def test_flex_target_attention_matches_sdpa_on_a_packed_row(tiny_target):
     """The target's block-sparse flex kernel (the GPU default) gives the sdpa features;
     checked with flex attention's uncompiled CPU forward."""
-    from eagle3kit.train.attention import TARGET_FLEX
-
     ids = torch.randint(0, 500, (40,), generator=torch.Generator().manual_seed(1))
     pos = torch.cat([torch.arange(25), torch.arange(15)])
     doc = doc_ids_from_positions(pos)
@@ -69,3 +68,123 @@ def test_with_the_loss_mask_the_lm_head_runs_on_label_positions_only(tiny_target
     torch.testing.assert_close(compact.labels(torch.tensor(labels)), full.probs[labels])
     assert compact.in_vocab.tolist() == [bool(full.in_vocab[j]) and j in labels for j in range(20)]
     torch.testing.assert_close(compact.aux, full.aux)
+
+
+# ----------------------------------------------------------------- sliding windows, sinks, soft-capping
+def _windowed_targets():
+    """Tiny random targets whose attention is not plain causal: (name, config, window)."""
+    import transformers
+
+    small = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    return [
+        # layers 2, 3 slide a window of 5 (Qwen's use_sliding_window / max_window_layers)
+        ("qwen3", lambda: transformers.Qwen3Config(**small, intermediate_size=64, head_dim=16, use_sliding_window=True,
+                                                   sliding_window=5, max_window_layers=2)),
+        # one window on every layer, no layer_types (Mistral v0.1, Phi-3)
+        ("mistral", lambda: transformers.MistralConfig(**small, intermediate_size=64, sliding_window=6)),
+        # alternating windows, attention and final logit soft-capping
+        ("gemma2", lambda: transformers.Gemma2Config(**small, intermediate_size=64, head_dim=8, sliding_window=4,
+                                                     attn_logit_softcapping=0.01, final_logit_softcapping=0.05)),
+        # alternating windows, attention sinks, mixture of experts, no sdpa
+        ("gptoss", lambda: transformers.GptOssConfig(**small, intermediate_size=32, head_dim=8, sliding_window=4,
+                                                     num_local_experts=4, num_experts_per_tok=2)),
+    ]
+
+
+@pytest.fixture(scope="module", params=[name for name, _ in _windowed_targets()])
+def windowed_target(request, tmp_path_factory):
+    import transformers
+
+    make = dict(_windowed_targets())[request.param]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(make())
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if getattr(layer.self_attn, "sinks", None) is not None:
+                layer.self_attn.sinks.normal_(0, 2)  # zeros at init: make them matter
+    out = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(out)
+    return request.param, out
+
+
+@pytest.mark.parametrize("impl", ["sdpa", TARGET_FLEX])
+def test_packed_rows_keep_the_targets_own_attention(windowed_target, impl):
+    """Sliding windows (one mask per kind of layer), attention sinks and soft-capping:
+    each conversation of a packed row gets exactly the features and distributions of the
+    plain HF forward on it alone, with transformers' own masks (eager attention)."""
+    name, path = windowed_target
+    model = load_target_model(str(path), device=torch.device("cpu"), dtype=torch.float32, attn_implementation=impl)
+    reference = load_target_model(str(path), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="eager")
+    draft_ids = torch.arange(0, 300, 2)
+    target = FrozenTarget(model, [1, 2, 3], draft_ids)
+    assert target.windows == ({None: 6} if name == "mistral" else
+                              {"full_attention": None, "sliding_attention": 5 if name == "qwen3" else 4})
+    g = torch.Generator().manual_seed(0)
+    lengths = [11, 3, 9]
+    parts = [torch.randint(0, 300, (n,), generator=g) for n in lengths]
+    ids = torch.cat(parts)
+    pos = torch.cat([torch.arange(n) for n in lengths])
+    doc = doc_ids_from_positions(pos)
+    backend = "flex" if impl == TARGET_FLEX else "eager"
+    packed = target.run(ids, pos, doc, PackedMask.build(doc, backend))
+    target.windows = {None: None}  # what ignoring the windows would give
+    unwindowed = target.run(ids, pos, doc, PackedMask.build(doc, backend))
+    start = 0
+    for part in parts:
+        rows = slice(start, start + part.numel())
+        start += part.numel()
+        out = reference(input_ids=part[None], output_hidden_states=True)
+        want = torch.cat([out.hidden_states[i] for i in (1, 2, 3)], -1)
+        torch.testing.assert_close(packed.aux[:, rows], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed.probs[rows], torch.softmax(out.logits[0][:, draft_ids], -1), atol=1e-5, rtol=1e-5)
+    assert (unwindowed.aux - packed.aux).abs().max() > 1e-3  # the windows matter on these rows
+
+
+def test_attention_windows_read_the_config():
+    from types import SimpleNamespace
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.target import attention_windows
+
+    assert attention_windows(SimpleNamespace()) == {None: None}  # Llama
+    assert attention_windows(SimpleNamespace(sliding_window=4096)) == {None: 4096}  # Mistral v0.1
+    assert attention_windows(SimpleNamespace(sliding_window=131072, use_sliding_window=False,
+                                             layer_types=["full_attention"] * 2)) == {"full_attention": None}  # Qwen2.5
+    assert attention_windows(SimpleNamespace(sliding_window=128, layer_types=["sliding_attention", "full_attention"])) == {
+        "full_attention": None, "sliding_attention": 128}  # gpt-oss
+    with pytest.raises(UserError, match="'linear_attention' layers"):
+        attention_windows(SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
+
+
+def test_windows_no_longer_than_the_row_need_no_second_mask(tiny_target):
+    model = load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="sdpa")
+    target = FrozenTarget(model, [1, 2, 3], torch.arange(10))
+    doc = doc_ids_from_positions(torch.cat([torch.arange(6), torch.arange(4)]))
+    packed = PackedMask.build(doc, "eager")
+    target.windows = {"full_attention": None, "sliding_attention": 10}
+    assert torch.equal(target.attention_mask(doc, packed), packed.dense[None, None])  # a window of 10 binds nothing
+    target.windows = {"full_attention": None, "sliding_attention": 3}
+    masks = target.attention_mask(doc, packed)
+    assert torch.equal(masks["full_attention"], packed.dense[None, None])
+    assert masks["sliding_attention"][0, 0].int().tolist()[5] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_the_draft_head_starts_as_the_targets_head(tiny_target, windowed_target):
+    """Llama's RMS norm scales by ``weight``, Gemma's by ``1 + weight``: either way the
+    initial draft head gives the target's own logits on the draft vocabulary."""
+    from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+    from eagle3kit.train.target import draft_head_from_target
+
+    for path in (tiny_target, windowed_target[1]):
+        model = load_target_model(str(path), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="eager")
+        with torch.no_grad():
+            model.get_decoder().norm.weight.normal_(0, 0.5)  # not the init value
+        ids = torch.arange(1, model.config.vocab_size, 5)
+        head, scale = draft_head_from_target(model, ids)
+        draft = Eagle3Draft(DraftConfig.from_target(model.config, ids.numel()))
+        with torch.no_grad():
+            draft.lm_head.weight.copy_(head)
+            draft.norm.weight.copy_(scale)
+            h = torch.randn(7, model.config.hidden_size)
+            want = model.get_output_embeddings()(model.get_decoder().norm(h))[:, ids]
+            torch.testing.assert_close(draft.logits(h), want, atol=1e-4, rtol=1e-4)

@@ -94,12 +94,26 @@ def test_block_mask_built_from_boundaries_equals_create_block_mask():
         assert torch.equal(ours.to_dense(), ref.to_dense()), lengths
         assert torch.equal(ours.kv_num_blocks, ref.kv_num_blocks)
         assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
+        for window in (1, 5, 127, 128, 129, 200, 1000):  # sliding windows, as transformers counts them
+            ours = flex_block_mask(doc, window=window)
+            ref = create_block_mask(lambda b, h, q, kv: (doc[q] == doc[kv]) & (kv <= q) & (q - kv < window),
+                                    1, None, n, n, device="cpu")
+            assert torch.equal(ours.to_dense(), ref.to_dense()), (lengths, window)
+            assert torch.equal(ours.kv_num_blocks, ref.kv_num_blocks), (lengths, window)
+            assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks), (lengths, window)
+            # the element mask too, against the dense reference
+            dense = dense_doc_causal_mask(doc, window)
+            q, kv = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+            assert torch.equal(ours.mask_mod(0, 0, q, kv), dense)
+            assert torch.equal(dense, (doc[:, None] == doc[None]) & (kv <= q) & (q - kv < window))
 
 
 def test_dense_mask_never_crosses_conversations():
     doc = doc_ids_from_positions(packed_positions([2, 3]))
     assert dense_doc_causal_mask(doc).int().tolist() == [
         [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+    assert dense_doc_causal_mask(doc, window=2).int().tolist() == [
+        [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
 
 
 def test_step_weights_align_the_mask_with_the_predicted_token():

@@ -30,20 +30,26 @@ def doc_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(start.long(), 0) - 1
 
 
-def dense_doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """(T, T) bool: query t may see key s iff same conversation and s <= t."""
+def dense_doc_causal_mask(doc_ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(T, T) bool: query t may see key s iff same conversation and s <= t (and, with a
+    sliding ``window``, t - s < window: the transformers convention)."""
     t = torch.arange(doc_ids.numel(), device=doc_ids.device)
-    return (doc_ids[:, None] == doc_ids[None, :]) & (t[None, :] <= t[:, None])
+    allowed = (doc_ids[:, None] == doc_ids[None, :]) & (t[None, :] <= t[:, None])
+    if window is not None:
+        allowed &= t[:, None] - t[None, :] < window
+    return allowed
 
 
-def flex_block_mask(doc_ids: torch.Tensor, block: int = 128):
-    """A flex-attention ``BlockMask`` of the document-causal mask (1 batch, all heads).
+def flex_block_mask(doc_ids: torch.Tensor, block: int = 128, window: int | None = None):
+    """A flex-attention ``BlockMask`` of the document-causal mask (1 batch, all heads),
+    optionally with a sliding ``window`` (query t sees key s only if t - s < window).
 
     Built directly from the conversation boundaries with O((T/block)^2) tensor work: no
     mask function is evaluated over the T x T grid. Conversations are contiguous and in
     order, so a key block j < i shares a conversation with query block i iff its last
     conversation is the query block's first, and is fully visible iff all of both blocks
-    is one conversation.
+    is one conversation. A window keeps block j if the closest pair of the two blocks is
+    within it, and keeps it full only if the farthest pair is.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -58,6 +64,9 @@ def flex_block_mask(doc_ids: torch.Tensor, block: int = 128):
     j = torch.arange(nb, device=docs.device)[None, :]
     visible = (j < i) & (last[None, :] == first[:, None]) | (j == i)
     full = (j < i) & (first[None, :] == last[:, None])
+    if window is not None:
+        visible &= (i - j) * block - (block - 1) < window  # closest pair: query i*B, key j*B + B - 1
+        full &= (i - j) * block + (block - 1) < window  # farthest pair: query i*B + B - 1, key j*B
     partial = visible & ~full
 
     def table(m: torch.Tensor):
@@ -65,8 +74,12 @@ def flex_block_mask(doc_ids: torch.Tensor, block: int = 128):
         order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # selected blocks first
         return counts[None, None], order[None, None]
 
-    def mask_mod(b, h, q, kv):
-        return (docs[q] == docs[kv]) & (kv <= q)
+    if window is None:
+        def mask_mod(b, h, q, kv):
+            return (docs[q] == docs[kv]) & (kv <= q)
+    else:
+        def mask_mod(b, h, q, kv):
+            return (docs[q] == docs[kv]) & (kv <= q) & (q - kv < window)
 
     kv_num, kv_idx = table(partial)
     full_num, full_idx = table(full)
@@ -96,7 +109,8 @@ def eager_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
 _compiled_flex = None
 
 
-def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, return_lse: bool, scale: float | None = None):
+def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, return_lse: bool, scale: float | None = None,
+         score_mod: Any = None):
     """flex attention, compiled once per process on GPU (uncompiled on CPU: slow, forward
     only, for tests)."""
     global _compiled_flex
@@ -105,7 +119,8 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, ret
     if q.is_cuda and _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     fn = _compiled_flex if q.is_cuda else flex_attention
-    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1], return_lse=return_lse, scale=scale)
+    return fn(q, k, v, block_mask=block_mask, score_mod=score_mod, enable_gqa=k.shape[1] != q.shape[1],
+              return_lse=return_lse, scale=scale)
 
 
 def flex_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,10 +132,40 @@ def flex_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: A
 TARGET_FLEX = "eagle3kit_flex"
 
 
-def _hf_flex_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+#: attention arguments of some transformers models that change the scores in ways this
+#: kernel does not reproduce (relative position biases, sparse index selection)
+_UNSUPPORTED_ATTENTION_ARGS = ("position_bias", "indices", "block_indices")
+
+
+def _hf_flex_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                       s_aux=None, sinks=None, **kwargs):
     """A transformers attention function: our compiled flex kernel with the packed row's
-    ``BlockMask`` (registered as ``attn_implementation="eagle3kit_flex"``)."""
-    out = flex(query, key, value, attention_mask, return_lse=False, scale=scaling)
+    ``BlockMask`` (registered as ``attn_implementation="eagle3kit_flex"``).
+
+    Also what some targets add to the scores: ``softcap`` (Gemma 2: ``c * tanh(s / c)``)
+    and attention sinks (``s_aux``/``sinks``, gpt-oss: one extra logit per head with a
+    zero value, which scales each output by ``sigmoid(lse - sink)``; exact). The sliding
+    window, if any, is in the mask."""
+    for name in _UNSUPPORTED_ATTENTION_ARGS:
+        if kwargs.get(name) is not None:
+            from eagle3kit.errors import UserError
+
+            raise UserError(f"the target's attention ({type(module).__name__}) passes {name!r}, which the packed flex "
+                            "kernel does not support; train with --target-attention eager")
+    score_mod = None
+    if softcap:
+        cap = float(softcap)
+
+        def score_mod(score, b, h, q, kv):
+            return cap * torch.tanh(score / cap)
+
+    sink = s_aux if s_aux is not None else sinks
+    if sink is None:
+        out = flex(query, key, value, attention_mask, return_lse=False, scale=scaling, score_mod=score_mod)
+    else:
+        out, lse = flex(query, key, value, attention_mask, return_lse=True, scale=scaling, score_mod=score_mod)
+        keep = torch.sigmoid(lse.float() - sink.float().view(1, -1, 1))  # (B, heads, T)
+        out = (out.float() * keep[..., None]).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -37,7 +37,7 @@ from eagle3kit.train.data import (
     shard_bins,
 )
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.target import FrozenTarget, load_target_model
+from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.ui import UI, SilentUI
 
@@ -381,9 +381,11 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     target = FrozenTarget(model, draft_config.aux_layers, torch.from_numpy(data.draft_ids))
     draft = Eagle3Draft(draft_config)
     draft.set_vocab(torch.from_numpy(data.draft_ids))
+    head, norm_scale = draft_head_from_target(model, torch.from_numpy(data.draft_ids))
     with torch.no_grad():  # start from the target's own output head, restricted to the draft vocabulary
-        draft.lm_head.weight.copy_(target.lm_head.weight.detach().float().cpu()[torch.from_numpy(data.draft_ids)])
-        draft.norm.weight.copy_(model.get_decoder().norm.weight.detach().float().cpu())
+        draft.lm_head.weight.copy_(head)
+        if norm_scale is not None:
+            draft.norm.weight.copy_(norm_scale)
     module = DraftTrainer(draft).to(device)
 
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)

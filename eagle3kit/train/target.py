@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from eagle3kit.errors import UserError
-from eagle3kit.train.attention import TARGET_FLEX, PackedMask, dense_doc_causal_mask, register_target_flex
+from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal_mask, flex_block_mask,
+                                       register_target_flex)
 from eagle3kit.train.ttt import TargetOutputs, label_positions
 
 
@@ -31,10 +32,16 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except TypeError:  # transformers < 4.56 spells it torch_dtype
-        kwargs["torch_dtype"] = kwargs.pop("dtype")
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except TypeError:  # transformers < 4.56 spells it torch_dtype
+            kwargs["torch_dtype"] = kwargs.pop("dtype")
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except ValueError as error:  # a model without sdpa (gpt-oss): its own eager attention
+            if attn_implementation != "sdpa" or "scaled_dot_product_attention" not in str(error):
+                raise
+            kwargs["attn_implementation"] = "eager"
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
@@ -55,6 +62,50 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return layers
 
 
+@torch.no_grad()
+def draft_head_from_target(model, draft_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where the draft's output head starts: the target's lm_head rows of the draft
+    vocabulary, and the per-channel scale of its final norm as the norm acts (``weight``
+    for Llama's RMS norm, ``1 + weight`` for Gemma's), read off by normalising a constant
+    vector; ``None`` for a norm with a bias (not an RMS norm), which the draft's cannot copy."""
+    rows = model.get_output_embeddings().weight.detach()[draft_ids.to(model.device)].float().cpu()
+    norm = getattr(model.get_decoder(), "norm", None)
+    weight = getattr(norm, "weight", None)
+    if norm is None or weight is None or getattr(norm, "bias", None) is not None:
+        return rows, None
+    x = torch.full((1, weight.shape[-1]), 1e3, dtype=weight.dtype, device=weight.device)  # x / rms(x) = 1 (eps negligible)
+    return rows, norm(x)[0].float().cpu()
+
+
+def attention_windows(config) -> dict[str | None, int | None]:
+    """The sliding window of each kind of attention layer of a target (``None``: none).
+
+    ``{None: w}``: every layer is alike (Llama: no window; Mistral v0.1, Phi-3: window w
+    on every layer). Otherwise keyed by the config's ``layer_types`` (gpt-oss, Gemma 2/3,
+    Qwen 2/3 with ``use_sliding_window``), whose models take one mask per kind. Layers of
+    another kind (linear or chunked attention, sparse indexers) cannot be packed this
+    way: a clear error, not silently wrong features."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(c, "sliding_window", None)
+    if getattr(c, "use_sliding_window", True) is False:
+        window = None
+    if isinstance(window, int) and window <= 0:
+        window = None
+    types = getattr(c, "layer_types", None)
+    if not types:
+        return {None: window}
+    kinds: dict[str | None, int | None] = {}
+    for kind in sorted(set(types)):
+        if kind == "full_attention":
+            kinds[kind] = None
+        elif kind == "sliding_attention":
+            kinds[kind] = window
+        else:
+            raise UserError(f"the target has {kind!r} layers: packed training supports full and sliding-window "
+                            "attention only (targets like Llama, Qwen, Mistral, Gemma, gpt-oss)")
+    return kinds
+
+
 class FrozenTarget:
     """Runs the target on packed rows and returns :class:`TargetOutputs`."""
 
@@ -68,6 +119,9 @@ class FrozenTarget:
         self.embed_tokens = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
         self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+        self.windows = attention_windows(model.config)
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.final_softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma 2: c * tanh(z / c)
         self.set_draft_vocab(draft_ids)
 
     def set_draft_vocab(self, draft_ids: torch.Tensor) -> None:
@@ -77,13 +131,30 @@ class FrozenTarget:
         self.t2d[self.draft_ids] = True
 
     def attention_mask(self, doc_ids: torch.Tensor, packed: PackedMask | None = None):
-        """The document-causal mask of a packed row in the form the target's attention takes."""
+        """The document-causal mask of a packed row in the form the target's attention
+        takes: one mask, or one per kind of layer where some layers slide a window shorter
+        than the row (``{"full_attention": ..., "sliding_attention": ...}``)."""
+        t = doc_ids.numel()
+        windows = {kind: (w if w is not None and w < t else None) for kind, w in self.windows.items()}
+        masks: dict[int | None, Any] = {}
+        for w in set(windows.values()):
+            masks[w] = self._mask(doc_ids, packed if w is None else None, w)
+        if None in windows:  # one layout for every layer
+            return masks[windows[None]]
+        if len(masks) == 1:
+            return next(iter(masks.values()))
+        return {kind: masks[w] for kind, w in windows.items()}
+
+    def _mask(self, doc_ids: torch.Tensor, packed: PackedMask | None, window: int | None):
         impl = self.attn_implementation
         if impl in ("flex_attention", TARGET_FLEX):
             if packed is not None and packed.block is not None:
                 return packed.block
-            return PackedMask.build(doc_ids, "flex").block
-        allowed = packed.dense if packed is not None and packed.dense is not None else dense_doc_causal_mask(doc_ids)
+            return flex_block_mask(doc_ids, window=window)
+        if packed is not None and packed.dense is not None:
+            allowed = packed.dense
+        else:
+            allowed = dense_doc_causal_mask(doc_ids, window)
         allowed = allowed[None, None]
         if impl == "sdpa":
             return allowed
@@ -128,6 +199,8 @@ class FrozenTarget:
         in_vocab = torch.empty(n, dtype=torch.bool, device=last_hidden.device)
         for s in range(0, n, self.logits_chunk):
             logits = self.lm_head(last_hidden[s : s + self.logits_chunk])
+            if self.final_softcap:
+                logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
             in_vocab[s : s + self.logits_chunk] = self.t2d[logits.argmax(-1)]
             probs[s : s + self.logits_chunk] = torch.softmax(logits.index_select(-1, self.draft_ids).float(), -1).to(out_dtype)
         return probs, in_vocab
