@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import windowed_configs
+
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, doc_ids_from_positions
 from eagle3kit.train.draft import default_aux_layers
 from eagle3kit.train.target import FrozenTarget, load_target_model
@@ -71,31 +73,11 @@ def test_with_the_loss_mask_the_lm_head_runs_on_label_positions_only(tiny_target
 
 
 # ----------------------------------------------------------------- sliding windows, sinks, soft-capping
-def _windowed_targets():
-    """Tiny random targets whose attention is not plain causal: (name, config, window)."""
-    import transformers
-
-    small = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
-    return [
-        # layers 2, 3 slide a window of 5 (Qwen's use_sliding_window / max_window_layers)
-        ("qwen3", lambda: transformers.Qwen3Config(**small, intermediate_size=64, head_dim=16, use_sliding_window=True,
-                                                   sliding_window=5, max_window_layers=2)),
-        # one window on every layer, no layer_types (Mistral v0.1, Phi-3)
-        ("mistral", lambda: transformers.MistralConfig(**small, intermediate_size=64, sliding_window=6)),
-        # alternating windows, attention and final logit soft-capping
-        ("gemma2", lambda: transformers.Gemma2Config(**small, intermediate_size=64, head_dim=8, sliding_window=4,
-                                                     attn_logit_softcapping=0.01, final_logit_softcapping=0.05)),
-        # alternating windows, attention sinks, mixture of experts, no sdpa
-        ("gptoss", lambda: transformers.GptOssConfig(**small, intermediate_size=32, head_dim=8, sliding_window=4,
-                                                     num_local_experts=4, num_experts_per_tok=2)),
-    ]
-
-
-@pytest.fixture(scope="module", params=[name for name, _ in _windowed_targets()])
+@pytest.fixture(scope="module", params=sorted(windowed_configs()))
 def windowed_target(request, tmp_path_factory):
     import transformers
 
-    make = dict(_windowed_targets())[request.param]
+    make = windowed_configs()[request.param]
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(make())
     with torch.no_grad():
