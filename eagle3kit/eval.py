@@ -170,25 +170,10 @@ class SpeculativeDecoder:
 
     def _target(self, ids: torch.Tensor, start: int, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the target on new tokens at ``start..``: (features (1,m,3H), logits (m,V))."""
-        captured: dict[int, torch.Tensor] = {}
-        hooks = []
-        layers = self.target.layers
-        for index in set(self.target.aux_layers):
-            if index < len(layers):
-                hooks.append(layers[index].register_forward_pre_hook(
-                    lambda mod, args, kwargs, i=index: captured.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
-                    with_kwargs=True))
-            else:
-                hooks.append(layers[-1].register_forward_hook(
-                    lambda mod, args, kwargs, out, i=index: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out),
-                    with_kwargs=True))
-        try:
-            positions = torch.arange(start, start + ids.shape[-1], device=ids.device)[None]
+        positions = torch.arange(start, start + ids.shape[-1], device=ids.device)[None]
+        with self.target.capturing() as captured:
             out = self.model(input_ids=ids.view(1, -1), position_ids=positions, use_cache=True, **cache_kwarg(self.model, cache))
-        finally:
-            for h in hooks:
-                h.remove()
-        features = torch.cat([captured[i] for i in self.target.aux_layers], dim=-1)
+        features = self.target.fused(captured)
         return features, out.logits[0].float()
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ answer token; :func:`eagle3kit.train.ttt.label_positions`): prompts cost no lm_h
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -119,10 +121,15 @@ class FrozenTarget:
         self.embed_tokens = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
         self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
-        self.windows = attention_windows(model.config)
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.final_softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma 2: c * tanh(z / c)
         self.set_draft_vocab(draft_ids)
+
+    @cached_property
+    def windows(self) -> dict[str | None, int | None]:
+        """:func:`attention_windows` of the target (read when a packed mask is first made,
+        so that decoding, which uses the model's own masks, works for any target)."""
+        return attention_windows(self.model.config)
 
     def set_draft_vocab(self, draft_ids: torch.Tensor) -> None:
         vocab = self.lm_head.weight.shape[0]
@@ -161,11 +168,13 @@ class FrozenTarget:
         dtype = self.embed_tokens.weight.dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-    @torch.no_grad()
-    def features(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the target on a (1, T) row: returns ``(aux (1, T, 3H), last_hidden (1, T, H))``."""
+    @contextmanager
+    def capturing(self):
+        """While open, each forward pass of the model leaves the hidden states the fused
+        features are made of in the yielded dict (read them with :meth:`fused`). Index i
+        is the input of decoder layer i; the last index is the last layer's output, before
+        the final norm."""
         captured: dict[int, torch.Tensor] = {}
-        hooks = []
 
         def grab_input(index):
             def hook(module, args, kwargs):
@@ -177,19 +186,29 @@ class FrozenTarget:
                 captured[index] = output[0] if isinstance(output, tuple) else output
             return hook
 
+        hooks = []
         for index in set(self.aux_layers):
             if index < self.num_layers:
                 hooks.append(self.layers[index].register_forward_pre_hook(grab_input(index), with_kwargs=True))
             else:
                 hooks.append(self.layers[-1].register_forward_hook(grab_output(index), with_kwargs=True))
         try:
-            out = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                           attention_mask=attention_mask, use_cache=False)
+            yield captured
         finally:
             for h in hooks:
                 h.remove()
-        aux = torch.cat([captured[i] for i in self.aux_layers], dim=-1)
-        return aux, out.last_hidden_state
+
+    def fused(self, captured: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The fused features (1, T, 3H) from what :meth:`capturing` caught."""
+        return torch.cat([captured[i] for i in self.aux_layers], dim=-1)
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the target on a (1, T) row: returns ``(aux (1, T, 3H), last_hidden (1, T, H))``."""
+        with self.capturing() as captured:
+            out = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                           attention_mask=attention_mask, use_cache=False)
+        return self.fused(captured), out.last_hidden_state
 
     @torch.no_grad()
     def restricted_probs(self, last_hidden: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
