@@ -17,6 +17,7 @@ for s in $STAGES; do
     check) stage check 100 python3 benchmarks/check_gpu.py ;;
     bench) stage bench 200 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 6 --warmup 3 --no-baseline ;;
     bench16k) stage bench 190 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 4 --warmup 2 --skip-ceiling --no-baseline ;;
+    loss) stage loss 60 python3 benchmarks/bench_loss.py --rows 8192 --steps 5 ;;  # saved logit gradient vs recompute
     bench2k) stage bench2k 150 python3 benchmarks/bench_train.py --max-tokens 2048 --steps 6 --warmup 3 ;;  # with the every-position baseline
     small) stage small 420 python3 benchmarks/small_target.py --out /tmp/small
            cp /tmp/small/eval.json /tmp/small/times.json "$OUT/" 2>/dev/null

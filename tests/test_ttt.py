@@ -133,12 +133,13 @@ def test_step_weights_align_the_mask_with_the_predicted_token():
     assert step_weights(loss_mask, doc, in_vocab, 0).tolist()[:6] == [True, True, True, False, False, False]
 
 
-def test_soft_cross_entropy_matches_autograd_in_chunks():
+@pytest.mark.parametrize("save_grad", [True, False])
+def test_soft_cross_entropy_matches_autograd_in_chunks(save_grad):
     torch.manual_seed(0)
     h = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
     p = torch.softmax(torch.randn(13, 9, dtype=torch.float64), -1)
-    total, correct = SoftCrossEntropy.apply(h, w, p, 5)
+    total, correct = SoftCrossEntropy.apply(h, w, p, 5, save_grad)
     (2.5 * total).backward()
     h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     ref = -(p * torch.log_softmax(h2 @ w2.T, -1)).sum()
@@ -147,6 +148,21 @@ def test_soft_cross_entropy_matches_autograd_in_chunks():
     torch.testing.assert_close(h.grad, h2.grad)
     torch.testing.assert_close(w.grad, w2.grad)
     assert int(correct) == int(((h2 @ w2.T).argmax(-1) == p.argmax(-1)).sum())
+
+
+def test_soft_cross_entropy_keeps_the_logit_gradient_only_when_training():
+    h = torch.randn(13, 6, requires_grad=True)
+    w = torch.randn(9, 6, requires_grad=True)
+    p = torch.softmax(torch.randn(13, 9), -1)
+    total, _ = SoftCrossEntropy.apply(h, w, p, 4, True)
+    saved = total.grad_fn.saved_tensors
+    assert saved[2] is not p and saved[2].shape == p.shape  # the gradient, in the labels' place
+    torch.testing.assert_close(saved[2], torch.softmax(h @ w.T, -1) - p)
+    with torch.no_grad():
+        total, correct = SoftCrossEntropy.apply(h, w, p, 4, True)
+    assert total.grad_fn is None
+    frozen = SoftCrossEntropy.apply(h.detach(), w.detach(), p, 4, True)[0]
+    assert frozen.grad_fn is None
 
 
 def make_inputs(config, lengths, seed=0):

@@ -96,46 +96,63 @@ def simulated_acceptance_length(accuracies: list[float]) -> float:
 
 
 class SoftCrossEntropy(torch.autograd.Function):
-    """sum_rows -sum_v p_v log softmax(h W^T)_v, in row chunks, never holding all logits.
+    """sum_rows -sum_v p_v log softmax(h W^T)_v, in row chunks, never holding all logits
+    in fp32. Also counts rows whose draft argmax equals the label's argmax (top-1 agreement).
 
-    Forward keeps only its inputs; backward recomputes each chunk's logits. Also counts
-    rows whose draft argmax equals the label's argmax (top-1 agreement).
+    ``save_grad=True`` (training): the forward pass, which has each chunk's softmax at
+    hand, keeps the loss's gradient with respect to the logits, ``softmax(z) sum(p) - p``,
+    in the input dtype (bf16 on GPU: the precision backward would cast it to anyway)
+    instead of the labels, which have the same shape; backward is then two matmuls.
+    ``False``: keep the labels and recompute each chunk's logits and softmax in backward
+    (one more ``h W^T``).
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int,
+                save_grad: bool = True):
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 math for bf16 inputs
         total = torch.zeros((), dtype=acc, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        keep = save_grad and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        dz_all = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype, device=hidden.device) if keep else None
         for s in range(0, hidden.shape[0], chunk):
             z = (hidden[s : s + chunk] @ weight.t()).to(acc)
             p = target[s : s + chunk].to(acc)
-            total -= (p * torch.log_softmax(z, dim=-1)).sum()
+            logp = torch.log_softmax(z, dim=-1)
+            total -= (p * logp).sum()
             correct += (z.argmax(-1) == p.argmax(-1)).sum()
-        ctx.save_for_backward(hidden, weight, target)
-        ctx.chunk = chunk
+            if dz_all is not None:
+                dz_all[s : s + chunk] = logp.exp_().mul_(p.sum(-1, keepdim=True)).sub_(p)
+        ctx.save_for_backward(hidden, weight, target if dz_all is None else dz_all)
+        ctx.chunk, ctx.saved_grad = chunk, dz_all is not None
         ctx.mark_non_differentiable(correct)
         return total, correct
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor, _grad_correct):
-        hidden, weight, target = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        hidden, weight, saved = ctx.saved_tensors
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
+        scale = grad_total.to(acc)  # applied to the matmul results, in fp32
+        hidden_parts, grad_weight = [], None
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s : s + ctx.chunk]
-            z = (h @ weight.t()).to(acc)
-            p = target[s : s + ctx.chunk].to(acc)
-            dz = (torch.softmax(z, dim=-1) * p.sum(-1, keepdim=True) - p) * grad_total
-            dz = dz.to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[s : s + ctx.chunk] = dz @ weight
-            if grad_weight is not None:
-                grad_weight += (dz.t() @ h).to(acc)
+            if ctx.saved_grad:
+                dz = saved[s : s + ctx.chunk]
+            else:
+                z = (h @ weight.t()).to(acc)
+                p = saved[s : s + ctx.chunk].to(acc)
+                dz = (torch.softmax(z, dim=-1) * p.sum(-1, keepdim=True) - p).to(hidden.dtype)
+            if ctx.needs_input_grad[0]:
+                hidden_parts.append((dz @ weight).to(acc).mul_(scale).to(hidden.dtype))
+            if ctx.needs_input_grad[1]:  # fp32 accumulation over chunks, no zero-filled start
+                part = (dz.t() @ h).to(acc)
+                grad_weight = part if grad_weight is None else grad_weight.add_(part)
+        grad_hidden = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = hidden_parts[0] if len(hidden_parts) == 1 else torch.cat(hidden_parts)
         if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None
+            grad_weight = grad_weight.mul_(scale).to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
 
 
 def step_weights(loss_mask: torch.Tensor, doc_ids: torch.Tensor, in_vocab: torch.Tensor, k: int) -> torch.Tensor:
