@@ -7,10 +7,13 @@ activation checkpointing. The flex run skips dead positions (``live_only``), the
 one computes every position, so the check also covers the live-position bookkeeping.
 Prints one JSON line per case and exits 1 on a mismatch. Without CUDA it is a dry run
 of this script (fp32, forward only: uncompiled flex attention has no CPU backward).
+Then the target side: packed features through the flex kernel against each tiny
+target's own eager attention, for sliding windows, attention sinks and soft-capping.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -60,6 +63,53 @@ def case(dtype: torch.dtype, checkpoint: bool, dev: torch.device, lengths=(300, 
             "loss_flex": l_f, "max_rel_grad_diff": rel if backward else None, "ok": ok}
 
 
+def target_case(name: str, dev: torch.device) -> dict:
+    """The target's packed features through eagle3kit's flex kernel (compiled on GPU) equal
+    those of its own eager attention on each conversation alone: sliding windows (one
+    mask per kind of layer), attention sinks (gpt-oss), soft-capping (Gemma 2). fp32."""
+    import transformers
+
+    from eagle3kit.train.attention import register_target_flex
+    from eagle3kit.train.target import FrozenTarget
+
+    small = dict(vocab_size=300, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, sliding_window=160)
+    config = {
+        "qwen3": lambda: transformers.Qwen3Config(**small, intermediate_size=64, use_sliding_window=True, max_window_layers=2),
+        "gemma2": lambda: transformers.Gemma2Config(**small, intermediate_size=64, attn_logit_softcapping=0.05),
+        "gptoss": lambda: transformers.GptOssConfig(**small, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
+    }[name]()
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(config).to(dev).eval()
+    with torch.no_grad():
+        for layer in reference.model.layers:
+            if getattr(layer.self_attn, "sinks", None) is not None:
+                layer.self_attn.sinks.normal_(0, 2)
+    flexed = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config)).to(dev).eval()  # own config
+    flexed.load_state_dict(reference.state_dict())
+    impl = register_target_flex()
+    if hasattr(flexed, "set_attn_implementation"):
+        flexed.set_attn_implementation(impl)
+    else:
+        flexed.config._attn_implementation = impl
+    lengths = (300, 129, 451, 144)
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(dev)
+    doc = doc_ids_from_positions(pos)
+    ids = torch.randint(0, 300, (pos.numel(),), device=dev, generator=torch.Generator(device=dev).manual_seed(2))
+    target = FrozenTarget(flexed, [1, 2, 3], torch.arange(0, 300, 2))
+    with torch.no_grad():
+        packed = target.run(ids, pos, doc, PackedMask.build(doc, "flex"))
+        err, start = 0.0, 0
+        for n in lengths:
+            out = reference(input_ids=ids[None, start : start + n], output_hidden_states=True)
+            want = torch.cat([out.hidden_states[i] for i in (1, 2, 3)], -1)
+            err = max(err, float((packed.aux[:, start : start + n] - want).abs().max()))
+            start += n
+    return {"device": dev.type, "target": name, "windows": {str(k): v for k, v in target.windows.items()},
+            "max_abs_feature_diff": err, "ok": err < 1e-3}
+
+
 def main() -> int:
     failed = False
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,6 +118,10 @@ def main() -> int:
             r = case(dtype, checkpoint, dev)
             print(json.dumps(r), flush=True)
             failed |= not r["ok"]
+    for name in ("qwen3", "gemma2", "gptoss"):
+        r = target_case(name, dev)
+        print(json.dumps(r), flush=True)
+        failed |= not r["ok"]
     return 1 if failed else 0
 
 

@@ -170,3 +170,14 @@ def test_the_draft_head_starts_as_the_targets_head(tiny_target, windowed_target)
             h = torch.randn(7, model.config.hidden_size)
             want = model.get_output_embeddings()(model.get_decoder().norm(h))[:, ids]
             torch.testing.assert_close(draft.logits(h), want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_packed_flex_kernel_refuses_to_run_without_its_block_mask(tiny_target):
+    """Flex attention without a block mask attends both ways: a model loaded with the
+    packed kernel and called like a plain model must fail loudly, not decode wrongly."""
+    from eagle3kit.errors import UserError
+
+    model = load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32,
+                              attn_implementation=TARGET_FLEX)
+    with pytest.raises(UserError, match="block mask"):
+        model(input_ids=torch.tensor([[1, 2, 3]]))

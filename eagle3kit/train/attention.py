@@ -146,10 +146,15 @@ def _hf_flex_attention(module, query, key, value, attention_mask, scaling=None, 
     and attention sinks (``s_aux``/``sinks``, gpt-oss: one extra logit per head with a
     zero value, which scales each output by ``sigmoid(lse - sink)``; exact). The sliding
     window, if any, is in the mask."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from eagle3kit.errors import UserError
+
+    if not isinstance(attention_mask, BlockMask):  # without one flex attention would look both ways
+        raise UserError(f"attn_implementation {TARGET_FLEX!r} runs only on packed rows with their block mask "
+                        f"(got {type(attention_mask).__name__}); load the model with sdpa or eager for other uses")
     for name in _UNSUPPORTED_ATTENTION_ARGS:
         if kwargs.get(name) is not None:
-            from eagle3kit.errors import UserError
-
             raise UserError(f"the target's attention ({type(module).__name__}) passes {name!r}, which the packed flex "
                             "kernel does not support; train with --target-attention eager")
     score_mod = None
