@@ -49,29 +49,32 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "small_target.log"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    times = {}
-    times["mix"] = cli(["mix", "--source", f"ultrachat:path={SAMPLES / 'ultrachat_sample.jsonl'}", "--source",
+    times: dict[str, float] = {}
+
+    def note(name: str, seconds: float) -> None:  # written after every stage: a time-boxed run keeps what it got
+        times[name] = seconds
+        (out / "times.json").write_text(json.dumps(times, indent=2))
+    note("mix", cli(["mix", "--source", f"ultrachat:path={SAMPLES / 'ultrachat_sample.jsonl'}", "--source",
                         f"sharegpt:path={SAMPLES / 'sharegpt_sample.json'}", "--out", str(out / "data"),
-                        "--cache-dir", str(out / "cache")], log, 120)
+                        "--cache-dir", str(out / "cache")], log, 120))
     convs = [json.loads(x)["conversations"] for x in (out / "data" / "train.jsonl").read_text().splitlines()]
     t = time.perf_counter()
     build_tiny_target(out / "target", convs, steps=args.target_steps, layers=args.layers, hidden=args.hidden,
                       batch_size=32, lr=1e-3, vocab_size=2048, device=device)
-    times["target"] = time.perf_counter() - t
-    times["train"] = cli(["train", "--basepath", str(out / "target"), "--trainpath", str(out / "data" / "train.jsonl"),
+    note("target", time.perf_counter() - t)
+    note("train", cli(["train", "--basepath", str(out / "target"), "--trainpath", str(out / "data" / "train.jsonl"),
                           "--testpath", str(out / "data" / "test.jsonl"), "--savedir", str(out / "ck"),
                           "--cache-dir", str(out / "cache"), "--num-epochs", str(args.epochs), "--max-len", "512",
                           "--max-tokens", "4096", "--draft-vocab-size", "1024", "--lr", "1e-3", "--eval-every", "100",
                           "--report-to", "none", "--attention", "eager", "--target-attention", "sdpa",
-                          "--log-every", "20"], log, 900)
-    times["eval"] = cli(["eval", "--basepath", str(out / "target"), "--draft", str(out / "ck" / "best" / "draft"),
+                          "--log-every", "20"], log, 900))
+    note("eval", cli(["eval", "--basepath", str(out / "target"), "--draft", str(out / "ck" / "best" / "draft"),
                          "--data", str(out / "data" / "test.jsonl"), "--num-samples", str(args.samples),
-                         "--max-new-tokens", "256", "--steps", "6", "--json", str(out / "eval.json")], log, 600)
+                         "--max-new-tokens", "256", "--steps", "6", "--json", str(out / "eval.json")], log, 600))
     if "regen" not in args.skip:
-        times["regenerate"] = cli(["regenerate", "--basepath", str(out / "target"), "--input",
+        note("regenerate", cli(["regenerate", "--basepath", str(out / "target"), "--input",
                                    str(out / "data" / "train.jsonl"), "--out", str(out / "regen.jsonl"), "--limit",
-                                   str(args.regen_limit), "--max-new-tokens", "128", "--batch-size", "64"], log, 600)
-    (out / "times.json").write_text(json.dumps(times, indent=2))
+                                   str(args.regen_limit), "--max-new-tokens", "128", "--batch-size", "64"], log, 600))
     print(json.dumps(times))
     return 0
 

@@ -138,13 +138,15 @@ def test_attention_windows_read_the_config():
         attention_windows(SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
 
 
-def test_windows_no_longer_than_the_row_need_no_second_mask(tiny_target):
+def test_windows_no_shorter_than_the_longest_conversation_need_no_second_mask(tiny_target):
     model = load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, attn_implementation="sdpa")
     target = FrozenTarget(model, [1, 2, 3], torch.arange(10))
     doc = doc_ids_from_positions(torch.cat([torch.arange(6), torch.arange(4)]))
     packed = PackedMask.build(doc, "eager")
-    target.windows = {"full_attention": None, "sliding_attention": 10}
-    assert torch.equal(target.attention_mask(doc, packed), packed.dense[None, None])  # a window of 10 binds nothing
+    target.windows = {"full_attention": None, "sliding_attention": 6}
+    assert torch.equal(target.attention_mask(doc, packed), packed.dense[None, None])  # conversations of 6 and 4
+    target.windows = {None: 6}
+    assert torch.equal(target.attention_mask(doc, packed), packed.dense[None, None])
     target.windows = {"full_attention": None, "sliding_attention": 3}
     masks = target.attention_mask(doc, packed)
     assert torch.equal(masks["full_attention"], packed.dense[None, None])

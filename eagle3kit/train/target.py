@@ -140,9 +140,12 @@ class FrozenTarget:
     def attention_mask(self, doc_ids: torch.Tensor, packed: PackedMask | None = None):
         """The document-causal mask of a packed row in the form the target's attention
         takes: one mask, or one per kind of layer where some layers slide a window shorter
-        than the row (``{"full_attention": ..., "sliding_attention": ...}``)."""
-        t = doc_ids.numel()
-        windows = {kind: (w if w is not None and w < t else None) for kind, w in self.windows.items()}
+        than the longest conversation (``{"full_attention": ..., "sliding_attention": ...}``;
+        a longer window changes nothing, and the packed mask serves every layer)."""
+        windows = dict(self.windows)
+        if any(w is not None for w in windows.values()):
+            longest = int(torch.bincount(doc_ids).max())  # the farthest a query looks back is longest - 1
+            windows = {kind: (w if w is not None and w < longest else None) for kind, w in windows.items()}
         masks: dict[int | None, Any] = {}
         for w in set(windows.values()):
             masks[w] = self._mask(doc_ids, packed if w is None else None, w)
