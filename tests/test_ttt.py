@@ -416,3 +416,24 @@ def test_tau_sim_is_one_plus_the_running_products():
     assert simulated_acceptance_length([0.8, 0.5, 0.5]) == pytest.approx(1 + 0.8 + 0.4 + 0.2)
     assert simulated_acceptance_length([]) == 1.0
     assert simulated_acceptance_length([0.9, float("nan"), 0.9]) == pytest.approx(1.9)
+
+
+def test_eager_attention_per_conversation_equals_the_dense_mask():
+    """The eager backend scores each conversation's queries against its own keys only;
+    the result equals one attention over the whole row with the dense mask, for every
+    position or any ascending subset of them (conversations without a query included)."""
+    from eagle3kit.train.attention import conversation_eager_causal, eager_causal
+
+    g = torch.Generator().manual_seed(3)
+    doc = doc_ids_from_positions(packed_positions([5, 1, 12, 7]))
+    mask = PackedMask.build(doc, "eager")
+    assert mask.spans == [(0, 5), (5, 6), (6, 18), (18, 25)]
+    q = torch.randn(2, 4, 25, 8, generator=g, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 25, 8, generator=g, dtype=torch.float64), torch.randn(2, 2, 25, 8, generator=g, dtype=torch.float64)
+    for rows in (None, torch.tensor([0, 4, 5, 20, 24]), torch.tensor([7]), torch.tensor([6, 7, 8, 9, 10, 11, 12, 13])):
+        qr = q if rows is None else q[:, :, rows]
+        dense = mask.dense if rows is None else mask.dense[rows]
+        want_out, want_lse = eager_causal(qr, k, v, dense)
+        out, lse = conversation_eager_causal(qr, k, v, mask.spans, rows)
+        torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lse, want_lse, rtol=1e-12, atol=1e-12)

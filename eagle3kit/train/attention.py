@@ -8,8 +8,8 @@ At TTT step k the query at position t attends to
 
 Computed as one document-causal attention over the step-0 keys, which also returns its
 log-sum-exp, merged exactly with the k "diagonal" scores (:func:`merge_diagonal`). Two
-backends give the causal part: ``eager`` (explicit scores, any device, the reference for
-tests) and ``flex`` (``torch.nn.attention.flex_attention`` with a block-sparse mask built
+backends give the causal part: ``eager`` (explicit scores, one conversation at a time,
+any device, the reference for tests) and ``flex`` (``torch.nn.attention.flex_attention`` with a block-sparse mask built
 once per batch: no T x T matrix, no compute on other conversations' blocks; CUDA).
 """
 
@@ -96,13 +96,15 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def eager_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Document-causal attention with explicit scores. Returns ``(out, lse)``, lse fp32."""
+    """Document-causal attention with explicit scores. Returns ``(out, lse)``, lse in fp32
+    (fp64 for fp64 inputs)."""
     groups = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for bf16, fp64 stays fp64
+    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) / math.sqrt(q.shape[-1])
     scores = scores.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.softmax(scores, dim=-1) @ v.float()
+    out = torch.softmax(scores, dim=-1) @ v.to(acc)
     return out.to(q.dtype), lse
 
 
@@ -210,13 +212,16 @@ class PackedMask:
     backend: str
     dense: torch.Tensor | None = None
     block: Any = None
+    #: eager: (start, end) of each conversation, in order
+    spans: list[tuple[int, int]] | None = None
 
     @classmethod
     def build(cls, doc_ids: torch.Tensor, backend: str) -> "PackedMask":
         if backend == "flex":
             return cls(backend, block=flex_block_mask(doc_ids))
         if backend == "eager":
-            return cls(backend, dense=dense_doc_causal_mask(doc_ids))
+            ends = torch.cumsum(torch.bincount(doc_ids), 0).tolist()
+            return cls(backend, dense=dense_doc_causal_mask(doc_ids), spans=list(zip([0] + ends[:-1], ends)))
         raise ValueError(f"unknown attention backend {backend!r} (eager or flex)")
 
     def causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -234,7 +239,29 @@ class PackedMask:
             full = q.new_zeros(b, h, k.shape[2], d).index_copy(2, rows, q)
             out, lse = flex_causal(full, k, v, self.block)
             return out.index_select(2, rows), lse.index_select(2, rows)
-        return eager_causal(q, k, v, self.dense if rows is None else self.dense.index_select(0, rows))
+        if self.spans is None:
+            return eager_causal(q, k, v, self.dense if rows is None else self.dense.index_select(0, rows))
+        return conversation_eager_causal(q, k, v, self.spans, rows)
+
+
+def conversation_eager_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]],
+                              rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`eager_causal` one conversation at a time: each query meets only its own
+    conversation's keys, so the scores cost the sum of len^2 over conversations, not
+    T^2 for the packed row. ``rows``: ascending positions of ``q``'s rows (``None``: all)."""
+    starts = torch.tensor([a for a, _ in spans], device=q.device)
+    cuts = ([a for a, _ in spans] + [k.shape[2]] if rows is None
+            else torch.searchsorted(rows, starts).tolist() + [rows.numel()])
+    outs, lses = [], []
+    for (a, e), lo, hi in zip(spans, cuts, cuts[1:]):
+        if hi <= lo:
+            continue
+        where = torch.arange(lo, hi, device=q.device) if rows is None else rows[lo:hi]
+        allowed = torch.arange(a, e, device=q.device)[None, :] <= where[:, None]
+        out, lse = eager_causal(q[:, :, lo:hi], k[:, :, a:e], v[:, :, a:e], allowed)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, 2), torch.cat(lses, 2)
 
 
 def ttt_attention(q: torch.Tensor, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...],

@@ -431,7 +431,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         quiet.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
                   f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
         quiet.log(f"{world} rank(s), {per_epoch:,} optimizer steps per epoch, {total_steps:,} in all; "
-                  f"attention {backend}, target {target_impl}, {str(dtype).replace('torch.', '')}")
+                  f"attention {backend}, target {target.attn_implementation}, {str(dtype).replace('torch.', '')}")
 
     last_saved = progress.step if cfg.resume else -1
     last_eval = -1
