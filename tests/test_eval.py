@@ -100,16 +100,10 @@ def test_greedy_speculative_output_equals_plain_greedy_and_trained_beats_untrain
 
 
 def test_eval_command_writes_a_report(trained_run, tiny_target, mixed_data, tmp_path):
-    from click.testing import CliRunner
+    from train_fixtures import eval_report
 
-    from eagle3kit.cli import cli
-
-    out = tmp_path / "report.json"
-    result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(trained_run / "best" / "draft"),
-                                      "--data", str(mixed_data / "test.jsonl"), "--num-samples", "6",
-                                      "--max-new-tokens", "32", "--steps", "4", "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    result, report = eval_report(tiny_target, trained_run / "best" / "draft", mixed_data / "test.jsonl",
+                                 tmp_path / "report.json", samples=6, new_tokens=32, steps=4)
     assert report["prompts"] == 6 and report["identical_to_greedy"] == 6
     assert report["tau"] > 2 and len(report["acceptance_rate"]) == 4 and report["speedup"] > 0
     assert "acceptance length tau" in result.output

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from train_fixtures import TRAIN_ARGS, read_conversations, run_cli
+from train_fixtures import TRAIN_ARGS, eval_report, read_conversations, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +62,9 @@ def test_the_qwen3_draft_exports_and_checks_in_every_format(qwen3_run, tmp_path,
 
 
 def test_speculative_decoding_of_the_qwen3_target_is_lossless_and_accepts(qwen3_run, mixed_data, tmp_path):
-    from eagle3kit.cli import cli
-
     target, ck = qwen3_run
-    report_path = tmp_path / "eval.json"
-    result = CliRunner().invoke(cli, ["eval", "--basepath", str(target), "--draft", str(ck / "best" / "draft"),
-                                      "--data", str(mixed_data / "test.jsonl"), "--num-samples", "8",
-                                      "--max-new-tokens", "40", "--steps", "5", "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    _, report = eval_report(target, ck / "best" / "draft", mixed_data / "test.jsonl", tmp_path / "eval.json",
+                            samples=8, new_tokens=40, steps=5)
     assert report["prompts"] == 8 and report["identical_to_greedy"] == 8
     assert report["tau"] > 2.0
 

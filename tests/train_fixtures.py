@@ -67,3 +67,16 @@ def trained_run(tmp_path_factory, tiny_target, mixed_data) -> Path:
                       "--cache-dir", str(save / "cache"), "--num-epochs", "1", "--eval-every", "20", *TRAIN_ARGS])
     assert result.returncode == 0, result.stderr[-4000:]
     return save / "ck"
+
+
+def eval_report(target: Path, draft: Path, data: Path, out: Path, samples: int, new_tokens: int, steps: int):
+    """``eagle3kit eval`` in process (click's runner); returns ``(result, report)``."""
+    from click.testing import CliRunner
+
+    from eagle3kit.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--basepath", str(target), "--draft", str(draft), "--data", str(data),
+                                      "--num-samples", str(samples), "--max-new-tokens", str(new_tokens),
+                                      "--steps", str(steps), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    return result, json.loads(out.read_text())
