@@ -239,8 +239,6 @@ class PackedMask:
             full = q.new_zeros(b, h, k.shape[2], d).index_copy(2, rows, q)
             out, lse = flex_causal(full, k, v, self.block)
             return out.index_select(2, rows), lse.index_select(2, rows)
-        if self.spans is None:
-            return eager_causal(q, k, v, self.dense if rows is None else self.dense.index_select(0, rows))
         return conversation_eager_causal(q, k, v, self.spans, rows)
 
 
@@ -249,9 +247,11 @@ def conversation_eager_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """:func:`eager_causal` one conversation at a time: each query meets only its own
     conversation's keys, so the scores cost the sum of len^2 over conversations, not
     T^2 for the packed row. ``rows``: ascending positions of ``q``'s rows (``None``: all)."""
-    starts = torch.tensor([a for a, _ in spans], device=q.device)
-    cuts = ([a for a, _ in spans] + [k.shape[2]] if rows is None
-            else torch.searchsorted(rows, starts).tolist() + [rows.numel()])
+    starts = [a for a, _ in spans]
+    if rows is None:
+        cuts = starts + [k.shape[2]]
+    else:
+        cuts = torch.searchsorted(rows, torch.tensor(starts, device=rows.device)).tolist() + [rows.numel()]
     outs, lses = [], []
     for (a, e), lo, hi in zip(spans, cuts, cuts[1:]):
         if hi <= lo:

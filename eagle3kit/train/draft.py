@@ -32,6 +32,11 @@ ARCHITECTURE = "LlamaForCausalLMEagle3"
 ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor")
 
 
+def text_config(config: Any) -> Any:
+    """The language model's part of a target config (multimodal configs nest it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def default_aux_layers(num_layers: int) -> list[int]:
     """HF ``output_hidden_states`` indices of the three fused features: low, middle, high.
 
@@ -66,7 +71,7 @@ class DraftConfig:
     def from_target(cls, target_config: Any, draft_vocab_size: int, aux_layers: list[int] | None = None,
                     target_model: str = "") -> "DraftConfig":
         """The draft configuration for a target's ``transformers`` config."""
-        c = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+        c = text_config(target_config)
         heads = c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
         layers = c.num_hidden_layers

@@ -21,6 +21,7 @@ import torch
 from eagle3kit.errors import UserError
 from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal_mask, flex_block_mask,
                                        register_target_flex)
+from eagle3kit.train.draft import text_config
 from eagle3kit.train.ttt import TargetOutputs, label_positions
 
 
@@ -87,7 +88,7 @@ def attention_windows(config) -> dict[str | None, int | None]:
     Qwen 2/3 with ``use_sliding_window``), whose models take one mask per kind. Layers of
     another kind (linear or chunked attention, sparse indexers) cannot be packed this
     way: a clear error, not silently wrong features."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    c = text_config(config)
     window = getattr(c, "sliding_window", None)
     if getattr(c, "use_sliding_window", True) is False:
         window = None
@@ -121,8 +122,7 @@ class FrozenTarget:
         self.embed_tokens = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
         self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
-        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.final_softcap = getattr(text_config, "final_logit_softcapping", None)  # Gemma 2: c * tanh(z / c)
+        self.final_softcap = getattr(text_config(model.config), "final_logit_softcapping", None)  # Gemma 2: c tanh(z / c)
         self.set_draft_vocab(draft_ids)
 
     @cached_property
