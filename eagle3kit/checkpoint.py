@@ -140,47 +140,65 @@ def save_draft(draft, out_dir: str | Path, extra: dict[str, Any] | None = None, 
     return out_dir
 
 
-def read_draft(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(config dict, tensors)`` of a draft folder, with a clear error when unreadable."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / CONFIG).is_file():
-        raise UserError(f"{path}: no {CONFIG}; give a draft folder (for example checkpoints/latest/draft)")
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{path}: no .safetensors weights")
+def resolve_draft(name: str | Path) -> Path:
+    """The folder of a draft given as a local folder or a Hugging Face Hub id (downloaded
+    once into the Hub cache: its config and weights only)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise UserError(f"{name}: no such draft folder; give a folder with config.json and the weights "
+                        "(for example checkpoints/best/draft) or a Hugging Face Hub id")
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except ValueError as error:
-        raise UserError(f"{path / CONFIG}: not valid JSON ({error})") from None
-    tensors: dict[str, Any] = {}
-    for f in files:
-        tensors.update(load_file(str(f)))
-    return config, tensors
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.pt"]))
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: all the user's to fix
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"{name}: not a local folder, and fetching it from the Hugging Face Hub failed ({first}); "
+                        "download it (huggingface-cli download) and pass the folder") from None
 
 
 def load_draft(path: str | Path, device=None, dtype=None):
-    """Rebuild an :class:`~eagle3kit.train.draft.Eagle3Draft` from a folder saved by eagle3kit."""
+    """Rebuild an :class:`~eagle3kit.train.draft.Eagle3Draft` from a draft folder or Hub id:
+    one eagle3kit saved, or one trained elsewhere in the SGLang/EAGLE layout (safetensors or
+    ``pytorch_model.bin``) or the speculators layout (``layers.0.*``). An embedding in the
+    folder is ignored (the target's is used); a missing ``t2d`` is rebuilt from ``d2t``."""
     import torch
 
+    from eagle3kit.export.folder import _canonical, read_folder
     from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 
-    config, tensors = read_draft(path)
-    saved = config.get("eagle3kit", {}).get("draft_config")
-    if saved is None:
-        saved = draft_config_from_servable(config)
-    draft = Eagle3Draft(DraftConfig.from_dict(saved))
-    state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in tensors.items()}
-    state = {k.replace("layers.0.", "midlayer."): v for k, v in state.items() if not k.startswith("embed_tokens")}
-    missing, unexpected = draft.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.startswith("rotary.")]
-    if missing or unexpected:
-        raise UserError(f"{path}: the weights do not match the config (missing: {missing}, unexpected: {unexpected})")
-    draft.to(device=device or "cpu", dtype=dtype or torch.float32)
-    draft.d2t.data = state["d2t"].to(draft.d2t.device, torch.long)
-    draft.t2d.data = state["t2d"].to(draft.t2d.device, torch.bool)
-    return draft
+    folder = read_folder(resolve_draft(path))
+    config = folder.config
+    saved = config.get("eagle3kit", {}).get("draft_config") if isinstance(config.get("eagle3kit"), dict) else None
+    try:
+        draft = Eagle3Draft(DraftConfig.from_dict(saved or draft_config_from_servable(config)))
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{folder.path / CONFIG}: not an EAGLE-3 draft config (missing {error})") from None
+    state = {}
+    for key, value in folder.tensors.items():
+        name = _canonical(key)[0]
+        if not name.startswith("embed_tokens."):
+            state[name] = value
+    c = draft.config
+    if "d2t" not in state and c.draft_vocab_size == c.vocab_size:
+        state["d2t"] = torch.zeros(c.draft_vocab_size, dtype=torch.long)
+    if "t2d" not in state and "d2t" in state:
+        t2d = torch.zeros(c.vocab_size, dtype=torch.bool)
+        t2d[torch.arange(state["d2t"].numel()) + state["d2t"].long()] = True
+        state["t2d"] = t2d
+    expected = dict(draft.state_dict())
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = [f"{k} {list(state[k].shape)} (config: {list(v.shape)})" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise UserError(f"{folder.path}: the weights do not match the config (missing: {missing}, unexpected: "
+                        f"{unexpected}, other shapes: {wrong}); `eagle3kit export --check {path}` names each problem")
+    draft.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return draft.to(device=device or "cpu", dtype=dtype or torch.float32)
 
 
 def draft_config_from_servable(config: dict[str, Any]) -> dict[str, Any]:

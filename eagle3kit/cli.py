@@ -174,6 +174,9 @@ def _int_list(ctx, param, value):
               help="Metrics logger. wandb without an API key logs offline; WANDB_MODE is honoured.")
 @click.option("--run-name", default=None)
 @click.option("--resume", is_flag=True, help="Continue the run in --savedir exactly where its latest checkpoint stopped.")
+@click.option("--init-draft", default=None, metavar="DRAFT",
+              help="Start from this draft (a folder or Hugging Face Hub id, eagle3kit's, SGLang/EAGLE or speculators "
+                   "layout): its weights, sizes and vocabulary (--draft-vocab-size is ignored), a fresh optimizer.")
 @click.option("--aux-layers", callback=_int_list, default=None,
               help="HF hidden-state indices of the three fused features. Default: 2, N//2, N-3.")
 @click.option("--attention", type=click.Choice(["eager", "flex"]), default=None,
@@ -248,7 +251,8 @@ def regenerate(**options):
 @cli.command(name="eval")
 @click.option("--basepath", required=True, help="The target model (HF id or folder).")
 @click.option("--draft", "draft_path", type=click.Path(file_okay=False), required=True,
-              help="A draft folder (config.json + model.safetensors), e.g. checkpoints/best/draft.")
+              help="A draft folder (config.json + weights), e.g. checkpoints/best/draft, or a Hugging Face Hub id; "
+                   "drafts trained elsewhere (SGLang/EAGLE or speculators layout) work too.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL (test split).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=80, show_default=True,
               help="Prompts to decode: every human turn of the data, with the conversation before it.")

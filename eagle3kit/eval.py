@@ -346,6 +346,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from eagle3kit.checkpoint import load_draft
+    from eagle3kit.train.draft import default_aux_layers
     from eagle3kit.train.target import load_target_model
 
     ui = ui or UI()
@@ -359,8 +360,9 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"the draft was trained for a vocabulary of {draft.config.vocab_size} tokens, "
                         f"the target {cfg.basepath!r} has {model.config.get_text_config().vocab_size}: wrong target?")
     if not draft.config.aux_layers:
-        draft.config.aux_layers = __import__("eagle3kit.train.draft", fromlist=["x"]).default_aux_layers(
-            model.config.get_text_config().num_hidden_layers)
+        draft.config.aux_layers = default_aux_layers(model.config.get_text_config().num_hidden_layers)
+        ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
+                f"{draft.config.aux_layers} (EAGLE-3's default)")
     prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -214,8 +214,8 @@ def _key_problems(folder: DraftFolder, fmt: str, flat: dict[str, Any]) -> list[P
             else:
                 problems.append(_warning("d2t", "missing: fine only for a draft over the full target vocabulary"))
         elif name == "t2d":
-            problems.append(_warning("t2d", "missing: the engines skip it, but eagle3kit (eval, load_draft) needs it; "
-                                            "eagle3kit export rebuilds it from d2t"))
+            problems.append(_warning("t2d", "missing: the engines skip it, and eagle3kit (export, eval, "
+                                            "train --init-draft) rebuilds it from d2t"))
         else:
             problems.append(_error(name, "missing: every EAGLE-3 draft needs it (the engines would leave it "
                                          "uninitialised or fail); the folder is incomplete"))

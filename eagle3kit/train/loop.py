@@ -18,18 +18,19 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text
-from eagle3kit.checkpoint import save_draft
+from eagle3kit.checkpoint import WEIGHTS, load_draft, save_draft
 from eagle3kit.errors import UserError
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import (
     TokenizedData,
+    count_masked_tokens,
     load_or_build_draft_vocab,
     load_tokenized,
     make_micro_batch,
@@ -39,6 +40,7 @@ from eagle3kit.train.data import (
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
+from eagle3kit.train.warmstart import continue_from
 from eagle3kit.ui import UI, SilentUI
 
 DEFAULT_BASEPATH = "meta-llama/Llama-3.1-8B-Instruct"
@@ -72,6 +74,7 @@ class TrainConfig:
     report_to: str = "wandb"
     run_name: str | None = None
     resume: bool = False
+    init_draft: str | None = None  # a draft folder or Hub id to start from (fresh optimizer)
     aux_layers: list[int] | None = None
     attention: str | None = None  # eager | flex; default by device
     target_attention: str | None = None  # the target's attn_implementation; default by device
@@ -285,24 +288,38 @@ class Prepared:
     coverage: float
 
 
-def prepare_data(cfg: TrainConfig, rank: int, ui: UI) -> Prepared:
-    """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary."""
+def rank0_first(rank: int, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, then on the other ranks (which find its caches and downloads)."""
+    result = None
+    for turn in (0, 1):
+        if (rank == 0) == (turn == 0):
+            result = fn()
+        barrier()
+    return result
+
+
+def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | None = None) -> Prepared:
+    """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary
+    (or, given ``draft_ids``, a starting draft's, measuring how much of the answers it covers)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer of {cfg.basepath!r}: {str(error).splitlines()[0]}") from None
-    result = None
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0):
-            train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
-            test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
-            vocab = load_or_build_draft_vocab(train, len(tokenizer), cfg.draft_vocab_size, tokenizer.all_special_ids,
-                                              cfg.cache_dir, warn=ui.warn if rank == 0 else (lambda m: None))
-            result = Prepared(train, test, tokenizer, vocab.ids, vocab.coverage)
-        barrier()
-    return result
+
+    def prepare() -> Prepared:
+        train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
+        test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
+        if draft_ids is not None:
+            counts = count_masked_tokens(train.dataset, len(tokenizer))
+            coverage = float(counts[draft_ids].sum() / max(int(counts.sum()), 1))
+            return Prepared(train, test, tokenizer, draft_ids, coverage)
+        vocab = load_or_build_draft_vocab(train, len(tokenizer), cfg.draft_vocab_size, tokenizer.all_special_ids,
+                                          cfg.cache_dir, warn=ui.warn if rank == 0 else (lambda m: None))
+        return Prepared(train, test, tokenizer, vocab.ids, vocab.coverage)
+
+    return rank0_first(rank, prepare)
 
 
 def _mix_default_sources(cfg: TrainConfig, ui: UI, rank: int) -> None:
@@ -368,24 +385,31 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     pad = cfg.pad_to_max_tokens if cfg.pad_to_max_tokens is not None else backend == "flex"
     pad_to = cfg.max_tokens if pad else None
 
-    data = prepare_data(cfg, rank, quiet)
+    start = rank0_first(rank, lambda: load_draft(cfg.init_draft)) if cfg.init_draft else None
+    data = prepare_data(cfg, rank, quiet, start.draft_ids.numpy() if start is not None else None)
     target_impl = cfg.target_attention or ("flex" if backend == "flex" else "sdpa")
     if target_impl == "flex":
         target_impl = TARGET_FLEX  # our compiled kernel with the packed row's block mask
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl)
-    try:
-        draft_config = DraftConfig.from_target(model.config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
-    except ValueError as error:
-        raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+    draft_ids = torch.from_numpy(data.draft_ids)
+    if start is not None:  # its own sizes, weights and vocabulary; the target's positions
+        draft = continue_from(start, model.config, cfg.aux_layers, cfg.basepath, cfg.init_draft,
+                              warn=quiet.warn if rank == 0 else (lambda m: None))
+        draft_config = draft.config
+    else:
+        try:
+            draft_config = DraftConfig.from_target(model.config, len(draft_ids), cfg.aux_layers, target_model=cfg.basepath)
+        except ValueError as error:
+            raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+        draft = Eagle3Draft(draft_config)
+        draft.set_vocab(draft_ids)
+        head, norm_scale = draft_head_from_target(model, draft_ids)
+        with torch.no_grad():  # start from the target's own output head, restricted to the draft vocabulary
+            draft.lm_head.weight.copy_(head)
+            if norm_scale is not None:
+                draft.norm.weight.copy_(norm_scale)
     draft_config.torch_dtype = str(dtype).replace("torch.", "")
-    target = FrozenTarget(model, draft_config.aux_layers, torch.from_numpy(data.draft_ids))
-    draft = Eagle3Draft(draft_config)
-    draft.set_vocab(torch.from_numpy(data.draft_ids))
-    head, norm_scale = draft_head_from_target(model, torch.from_numpy(data.draft_ids))
-    with torch.no_grad():  # start from the target's own output head, restricted to the draft vocabulary
-        draft.lm_head.weight.copy_(head)
-        if norm_scale is not None:
-            draft.norm.weight.copy_(norm_scale)
+    target = FrozenTarget(model, draft_config.aux_layers, draft_ids)
     module = DraftTrainer(draft).to(device)
 
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
@@ -413,7 +437,13 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         tag = resolve_pointer(savedir, LATEST)
         if tag is None:
             raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
-        _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
+        _check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
+        try:
+            _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
+        except RuntimeError as error:  # shapes: another draft than this run builds
+            raise UserError(f"--resume: the checkpoint {savedir / tag} cannot be loaded into this run's draft "
+                            f"({str(error).splitlines()[0][:300]}); resume with the options it was started with "
+                            f"(see {savedir / 'train_config.json'})") from None
         if client is None:
             raise UserError(f"--resume: cannot read the checkpoint {savedir / tag}")
         progress = Progress(**client["progress"])
@@ -428,6 +458,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             f"({data.train.masked_tokens:,} in answers); truncated at a turn: {data.train.truncated:,}, "
             f"cut inside the first answer: {data.train.cut_mid_turn:,}, without an answer: {data.train.without_answer:,}"
         )
+        if cfg.init_draft:
+            quiet.log(f"starting from the draft {cfg.init_draft} (its weights and vocabulary; a fresh optimizer)")
         quiet.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
                   f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
         quiet.log(f"{world} rank(s), {per_epoch:,} optimizer steps per epoch, {total_steps:,} in all; "
@@ -445,6 +477,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         if rank == 0:
             extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath,
                      "target_architectures": list(getattr(model.config, "architectures", None) or [])}
+            if cfg.init_draft:
+                extra["init_draft"] = cfg.init_draft
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
         barrier()
         if rank == 0:
@@ -538,6 +572,21 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     if rank == 0:
         _final_table(quiet, progress, savedir)
     return summary
+
+
+def _check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path) -> None:
+    """Refuse to resume a checkpoint whose draft vocabulary is not the one this run chose."""
+    from safetensors import safe_open
+
+    path = draft_dir / WEIGHTS
+    if not path.is_file():
+        return
+    with safe_open(str(path), "pt") as f:
+        saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
+    if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
+        raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary ({len(saved):,} "
+                        f"tokens) than this run would use ({len(draft_ids):,}); resume with the options it was started "
+                        f"with (--draft-vocab-size, --init-draft, the same data: see {savedir / 'train_config.json'})")
 
 
 def _gather_rng(device: torch.device):
