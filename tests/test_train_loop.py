@@ -72,14 +72,22 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target,
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *_train_args(tiny_target, mixed_data, killed, cache)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    after_usr1 = []
     try:
         for line in proc.stderr:
+            if after_usr1:
+                after_usr1.append(line)
+            if "saved checkpoint" in line and "step_4" in line:  # a stuck run shows where it is, and goes on
+                proc.send_signal(signal.SIGUSR1)
+                after_usr1.append(line)
             if "saved checkpoint" in line and "step_8" in line:
                 proc.send_signal(signal.SIGKILL)
                 break
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    dump = "".join(after_usr1)
+    assert "most recent call first" in dump and "eagle3kit/train/loop.py" in dump
     assert os.readlink(killed / "latest") == "step_8"
     assert not (killed / "logs" / "rank0.json").exists()
 

@@ -8,12 +8,14 @@ averages gradients. The frozen target lives outside the engine, on every rank.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -361,6 +363,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     import deepspeed
 
     ui = ui or UI()
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints where every thread of a stuck rank is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     rank, world, local, device = init_distributed()
     quiet = ui if rank == 0 else SilentUI()
     savedir = Path(cfg.savedir)
