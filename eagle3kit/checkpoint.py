@@ -145,6 +145,8 @@ def resolve_draft(name: str | Path) -> Path:
     once into the Hub cache: its config and weights only)."""
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / CONFIG).is_file() and (path / "draft" / CONFIG).is_file():
+            return path / "draft"  # a checkpoint (step_N, latest, best) holds its servable draft in draft/
         return path
     text = str(name)
     if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
@@ -170,7 +172,7 @@ def load_draft(path: str | Path, device=None, dtype=None):
     from eagle3kit.export.folder import _canonical, read_folder
     from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 
-    folder = read_folder(resolve_draft(path))
+    folder = read_folder(path)
     config = folder.config
     saved = config.get("eagle3kit", {}).get("draft_config") if isinstance(config.get("eagle3kit"), dict) else None
     try:

@@ -517,7 +517,7 @@ def test_check_names_each_problem(draft_dir, tmp_path):
     p = check_draft(case("bias", tensors=lambda t: t.__setitem__("fc.bias", torch.zeros(32, dtype=torch.bfloat16))), "vllm")
     find(p, "fc.bias", text="no bias")
     p = check_draft(tmp_path / "nowhere")
-    assert p[0].is_error and "not a folder" in p[0].message
+    assert p[0].is_error and "no such draft folder" in p[0].message
 
 
 def test_check_against_the_target(draft_dir, tmp_path):

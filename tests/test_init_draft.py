@@ -77,6 +77,7 @@ def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path):
     assert "missing: ['fc.weight']" in message and "midlayer.mlp.up_proj.weight" in message
     assert "export --check" in message
 
+    assert resolve_draft(trained_run / "latest") == trained_run / "latest" / "draft"  # a checkpoint: its draft
     with pytest.raises(UserError, match="no such draft folder"):
         resolve_draft(tmp_path / "nowhere")
     with pytest.raises(UserError) as error:  # the tests run with HF_HUB_OFFLINE=1

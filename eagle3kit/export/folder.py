@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eagle3kit.checkpoint import CONFIG, legacy_rope
+from eagle3kit.checkpoint import CONFIG, legacy_rope, resolve_draft
 from eagle3kit.errors import UserError
 
 FORMATS = ("sglang", "vllm", "speculators")
@@ -71,10 +71,9 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_folder(path: str | Path) -> DraftFolder:
-    """Read ``config.json`` and the weights (``*.safetensors``, else ``pytorch_model*.bin``)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: not a folder; give a draft folder (config.json + model.safetensors)")
+    """Read ``config.json`` and the weights (``*.safetensors``, else ``pytorch_model*.bin``) of
+    a draft folder, a checkpoint (its ``draft/``) or a Hub id (see :func:`resolve_draft`)."""
+    path = resolve_draft(path)
     if not (path / CONFIG).is_file():
         raise UserError(f"{path}: no {CONFIG}; give a draft folder (for example checkpoints/latest/draft)")
     try:
