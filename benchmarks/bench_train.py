@@ -173,8 +173,6 @@ def main(argv=None) -> int:
         module = DraftTrainer(draft).to(device)
         cfg = TrainConfig(lr=1e-4)
         ds = load_ds_config(None, cfg, bf16=cuda)
-        ds["optimizer"]["params"]["torch_adam"] = True  # no JIT build in the benchmark; fused AdamW from torch
-        ds["optimizer"]["params"]["fused"] = cuda
         engine, *_ = deepspeed.initialize(model=module, model_parameters=[p for p in module.parameters()], config=ds)
         if cuda:
             torch.cuda.reset_peak_memory_stats()

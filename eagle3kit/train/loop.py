@@ -155,8 +155,12 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
     opt = ds.get("optimizer", {}).get("params", {})
     if opt.get("lr") == "auto":
         opt["lr"] = cfg.lr
-    if not torch.cuda.is_available() and "optimizer" in ds:
-        opt.setdefault("torch_adam", True)  # no JIT build of DeepSpeed's CPU Adam
+    if str(ds.get("optimizer", {}).get("type", "")).lower() in ("adam", "adamw"):
+        # torch's AdamW (fused kernels on GPU) instead of DeepSpeed's, which is compiled on the
+        # first run and needs a CUDA toolkit (nvcc) beside torch; `"torch_adam": false` keeps it
+        opt.setdefault("torch_adam", True)
+        if opt["torch_adam"] and torch.cuda.is_available():
+            opt.setdefault("fused", True)
     if ds.get("gradient_clipping") == "auto":
         ds["gradient_clipping"] = 0.5
     return ds

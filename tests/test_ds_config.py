@@ -1,0 +1,55 @@
+"""The DeepSpeed config ``eagle3kit train`` hands to the engine: the packaged default with its
+``"auto"`` values filled, torch's AdamW by default, and the settings it cannot train with refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eagle3kit.errors import UserError
+from eagle3kit.train.loop import DEFAULT_DS_CONFIG, TrainConfig, load_ds_config
+
+
+def test_packaged_config_is_filled_from_the_options(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ds = load_ds_config(None, TrainConfig(lr=3e-4), bf16=False)
+    packaged = json.loads(DEFAULT_DS_CONFIG.read_text())
+    assert ds["optimizer"]["params"] == {**packaged["optimizer"]["params"], "lr": 3e-4, "torch_adam": True}
+    assert ds["bf16"]["enabled"] is False and ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 1
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPU: torch's fused AdamW, no JIT build
+    ds = load_ds_config(None, TrainConfig(lr=3e-4), bf16=True)
+    assert ds["bf16"]["enabled"] is True
+    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["fused"] is True
+
+
+def write(tmp_path, config) -> str:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config) if not isinstance(config, str) else config)
+    return str(path)
+
+
+def test_a_users_config_keeps_its_choices(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    mine = {"gradient_accumulation_steps": 4, "train_batch_size": 999, "gradient_clipping": "auto",
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": False}}}
+    ds = load_ds_config(write(tmp_path, mine), TrainConfig(lr=3e-4), bf16=True)
+    assert ds["optimizer"]["params"] == {"lr": 1e-5, "torch_adam": False}  # DeepSpeed's own Adam, as asked
+    assert ds["gradient_accumulation_steps"] == 4 and "train_batch_size" not in ds and ds["gradient_clipping"] == 0.5
+    other = {"optimizer": {"type": "Lamb", "params": {"lr": "auto"}}}
+    assert load_ds_config(write(tmp_path, other), TrainConfig(lr=2e-4), bf16=True)["optimizer"]["params"] == {"lr": 2e-4}
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu must be 1"),
+    ({"zero_optimization": {"stage": 3}}, "ZeRO stage 3 is not supported"),
+    ("{not json", "not valid JSON"),
+])
+def test_configs_it_cannot_train_with_are_refused(tmp_path, config, message):
+    with pytest.raises(UserError, match=message):
+        load_ds_config(write(tmp_path, config), TrainConfig(), bf16=False)
+    with pytest.raises(UserError, match="cannot read it"):
+        load_ds_config(str(tmp_path / "missing.json"), TrainConfig(), bf16=False)
