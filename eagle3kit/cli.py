@@ -299,7 +299,7 @@ def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only
               show_default=True, help="Folder for the data, the tiny target, the checkpoints and the report.")
 def demo(out):
     """The whole path on the bundled samples, on a CPU in a few minutes: mix, build a tiny
-    target, train a draft, measure its acceptance length."""
+    target, train a draft, measure its acceptance length, export it for the engines."""
     from eagle3kit.demo import run_demo
     from eagle3kit.ui import RichUI
 

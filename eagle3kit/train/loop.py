@@ -364,12 +364,11 @@ def evaluate(engine, target: FrozenTarget, data: TokenizedData, cfg: TrainConfig
 
 def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     """Train a draft; returns a summary (final step, test metrics, where things were saved)."""
-    import deepspeed
-
     ui = ui or UI()
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints where every thread of a stuck rank is
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    rank, world, local, device = init_distributed()
+    rank, world, local, device = init_distributed()  # first: it names DeepSpeed's accelerator before the import
+    import deepspeed
     quiet = ui if rank == 0 else SilentUI()
     savedir = Path(cfg.savedir)
     if cfg.max_len > cfg.max_tokens:
