@@ -145,8 +145,12 @@ def resolve_draft(name: str | Path) -> Path:
     once into the Hub cache: its config and weights only)."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / CONFIG).is_file() and (path / "draft" / CONFIG).is_file():
-            return path / "draft"  # a checkpoint (step_N, latest, best) holds its servable draft in draft/
+        if not (path / CONFIG).is_file():
+            if (path / "draft" / CONFIG).is_file():
+                return path / "draft"  # a checkpoint (step_N, latest, best) holds its servable draft in draft/
+            runs = [str(path / n) for n in ("best", "latest") if (path / n / "draft" / CONFIG).is_file()]
+            if runs:
+                raise UserError(f"{name} is a training run's folder; give one of its checkpoints: {' or '.join(runs)}")
         return path
     text = str(name)
     if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):

@@ -22,10 +22,8 @@ same run.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -343,16 +341,14 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 
 def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
-    from transformers import AutoTokenizer
-
     from eagle3kit.checkpoint import load_draft
     from eagle3kit.train.draft import default_aux_layers
-    from eagle3kit.train.target import load_target_model
+    from eagle3kit.train.target import load_target_model, load_tokenizer
 
     ui = ui or UI()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _dtype(cfg.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
+    tokenizer = load_tokenizer(cfg.basepath)
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
     draft.eval()

@@ -3,7 +3,6 @@ temperature > 0, and acceptance that tells a trained draft from an untrained one
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -78,6 +78,8 @@ def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path):
     assert "export --check" in message
 
     assert resolve_draft(trained_run / "latest") == trained_run / "latest" / "draft"  # a checkpoint: its draft
+    with pytest.raises(UserError, match=r"a training run's folder; give one of its checkpoints: .*best or .*latest"):
+        resolve_draft(trained_run)
     with pytest.raises(UserError, match="no such draft folder"):
         resolve_draft(tmp_path / "nowhere")
     with pytest.raises(UserError) as error:  # the tests run with HF_HUB_OFFLINE=1

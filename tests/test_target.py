@@ -183,3 +183,18 @@ def test_the_packed_flex_kernel_refuses_to_run_without_its_block_mask(tiny_targe
                               attn_implementation=TARGET_FLEX)
     with pytest.raises(UserError, match="block mask"):
         model(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_a_target_that_cannot_be_loaded_is_named(tmp_path):
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.target import load_target_model, load_tokenizer
+
+    file = tmp_path / "weights.bin"
+    file.write_text("x")
+    for path, reason in [(str(tmp_path / "nowhere"), "no such folder"), (str(file), "it is a file, not a folder"),
+                         ("someone/no-such-model", "someone/no-such-model")]:  # offline: the Hub's own reason
+        with pytest.raises(UserError, match=f"cannot load the tokenizer of '{path}': ") as error:
+            load_tokenizer(path)
+        assert reason in str(error.value) and "Hub id" in str(error.value)
+        with pytest.raises(UserError, match=f"cannot load the target model '{path}': "):
+            load_target_model(path, device=torch.device("cpu"), dtype=torch.float32)

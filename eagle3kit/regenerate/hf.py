@@ -19,9 +19,8 @@ class HFBackend:
 
     def __init__(self, cfg: RegenConfig, ui: UI) -> None:
         import torch
-        from transformers import AutoTokenizer
 
-        from eagle3kit.train.target import load_target_model
+        from eagle3kit.train.target import load_target_model, load_tokenizer
 
         self.cfg, self.ui, self.torch = cfg, ui, torch
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -31,12 +30,7 @@ class HFBackend:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.float32
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
-        except (OSError, ValueError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot load the tokenizer of {cfg.basepath!r}: {first}. Give a local folder or a Hub id "
-                            "(set HF_TOKEN for gated models).") from None
+        tokenizer = load_tokenizer(cfg.basepath)
         if getattr(tokenizer, "chat_template", None) is None:
             raise UserError(f"the tokenizer of {cfg.basepath!r} has no chat template; use an instruct/chat model")
         ui.log(f"loading {cfg.basepath} on {device} ({str(dtype).replace('torch.', '')})")

@@ -40,7 +40,7 @@ from eagle3kit.train.data import (
     shard_bins,
 )
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model
+from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.warmstart import continue_from
 from eagle3kit.ui import UI, SilentUI
@@ -307,12 +307,7 @@ def rank0_first(rank: int, fn: Callable[[], Any]) -> Any:
 def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | None = None) -> Prepared:
     """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary
     (or, given ``draft_ids``, a starting draft's, measuring how much of the answers it covers)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.basepath)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer of {cfg.basepath!r}: {str(error).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(cfg.basepath)
 
     def prepare() -> Prepared:
         train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,30 @@ from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal
                                        register_target_flex)
 from eagle3kit.train.draft import text_config
 from eagle3kit.train.ttt import TargetOutputs, label_positions
+
+
+def _load_error(what: str, path: str, error: Exception) -> UserError:
+    """A clear message for a target (or its tokenizer) that cannot be loaded from ``path``."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        reason = "it is a file, not a folder"
+    elif not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        reason = "no such folder"
+    else:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    return UserError(f"cannot load {what} {path!r}: {reason}. Give a local folder with config.json, the tokenizer "
+                     "and weights, or a Hub id (set HF_TOKEN for gated models; HF_HUB_OFFLINE=1 uses the local "
+                     "cache only).")
+
+
+def load_tokenizer(path: str):
+    """The target's tokenizer (``AutoTokenizer.from_pretrained``), with a clear error."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise _load_error("the tokenizer of", path, error) from None
 
 
 def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
@@ -46,11 +71,7 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
             kwargs["attn_implementation"] = "eager"
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"cannot load the target model {path!r}: {first}. Give a local folder with config.json and weights, "
-            "or a Hub id (set HF_TOKEN for gated models; HF_HUB_OFFLINE=1 uses the local cache only)."
-        ) from None
+        raise _load_error("the target model", path, error) from None
     model.to(device)
     model.eval()
     model.requires_grad_(False)
