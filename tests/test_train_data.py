@@ -195,11 +195,14 @@ def test_tokenised_data_and_vocab_are_cached_by_content(tmp_path, llama3):
     assert len(list((tmp_path / "cache" / "draft_vocab").glob("*.json"))) == 2
 
 
-def test_a_bad_unified_line_names_the_file_and_line(tmp_path, llama3):
+def test_a_bad_or_empty_unified_file_is_named(tmp_path, llama3):
     from eagle3kit.errors import UserError
     from eagle3kit.train.data import load_tokenized
 
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a", "conversations": []}\n{"id": "b", "conversations": [{"from": "bot", "value": "x"}]}\n')
     with pytest.raises(UserError, match=r"bad\.jsonl line 2: message 0 must have 'from' human, gpt or system"):
+        load_tokenized(path, llama3, 256, tmp_path / "cache")
+    path.write_text("\n  \n")
+    with pytest.raises(UserError, match=r"bad\.jsonl: holds no conversation \(the file is empty\)"):
         load_tokenized(path, llama3, 256, tmp_path / "cache")

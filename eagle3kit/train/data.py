@@ -221,6 +221,9 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {str(path)!r} does not exist; run `eagle3kit mix` first or check the path")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if not any(line.strip() for line in f):  # datasets would fail on an empty generator
+            raise UserError(f"{path}: holds no conversation (the file is empty); check the path or run `eagle3kit mix`")
     cache = Path(cache_dir) / "tokenized"
     cache.mkdir(parents=True, exist_ok=True)
     fp = hashlib.sha256(
@@ -243,8 +246,6 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
         if cause is None:
             raise
         raise cause from None
-    if len(raw) == 0:
-        raise UserError(f"{path}: holds no conversation")
     if num_proc is None and len(raw) >= 20_000:
         num_proc = max(1, min(os.cpu_count() or 1, 16))
     out = raw.map(
