@@ -282,7 +282,12 @@ def eval_(**options):
 @click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=5, show_default=True,
               help="Draft length recorded in the speculators format.")
 @click.option("--check", "check_only", is_flag=True, help="Only validate DRAFT_DIR and name each problem.")
-def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only):
+@click.option("--eval-report", type=click.Path(dir_okay=False), default=None,
+              help="An `eagle3kit eval --json` report whose acceptance figures go into the model card (README.md).")
+@click.option("--push-to-hub", "push_to_hub", default=None, metavar="REPO_ID",
+              help="Upload the export to this Hugging Face Hub model repository (created if missing).")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
+def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only, eval_report, push_to_hub, private):
     """Write a draft in the layout SGLang, vLLM or vLLM speculators loads (checked), or --check one."""
     from eagle3kit.export import check_command, export_command
 
@@ -291,7 +296,8 @@ def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only
     else:
         if fmt is None or out_dir is None:
             raise click.UsageError("give --to FORMAT and --out DIR, or --check")
-        export_command(draft_dir, fmt, out_dir, basepath=basepath, num_speculative_tokens=num_speculative_tokens)
+        export_command(draft_dir, fmt, out_dir, basepath=basepath, num_speculative_tokens=num_speculative_tokens,
+                       eval_report=eval_report, push_to_hub=push_to_hub, private=private)
 
 
 @cli.command()

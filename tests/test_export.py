@@ -645,3 +645,48 @@ def test_check_command_returns_warnings(tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     with pytest.raises(UserError, match="error"):
         check_command(folder, fmt="sglang")
+
+
+def test_export_writes_a_model_card_and_pushes_it_to_the_hub(draft_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    report = {"tau": 4.178, "tau_ci95": [3.811, 4.65], "speedup": 1.318, "identical_to_greedy": 20, "prompts": 20,
+              "acceptance_rate": [0.911, 0.976], "device": "cpu", "dtype": "float32",
+              "config": {"steps": 5, "temperature": 0.0, "data_path": "data/test.jsonl"}}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    calls = []
+
+    class FakeApi:  # what eagle3kit asks of the Hub, recorded instead of sent
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload", kwargs["repo_id"], sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "sg"
+    result = invoke("export", str(draft_dir), "--to", "sglang", "--out", str(out), "--eval-report",
+                    str(tmp_path / "eval.json"), "--push-to-hub", "me/my-draft", "--private")
+    assert result.exit_code == 0, result.output
+    assert calls == [("create", "me/my-draft", {"private": True, "exist_ok": True, "repo_type": "model"}),
+                     ("upload", "me/my-draft", ["README.md", "config.json", MARKER, WEIGHTS])]
+    assert "Pushed" in result.stdout and "--speculative-draft-model-path me/my-draft" in result.stdout
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: tiny/target\ntags:\n- eagle3\n")
+    assert "--model-path tiny/target --speculative-algorithm EAGLE3 --speculative-draft-model-path me/my-draft" in card
+    assert "| 32 | 4 (2) | 64 | 100 (40) | [2, 6, 9] | 131072 | rope_theta 500000.0, llama3 scaling |" in card
+    assert "| 4.18 (3.81-4.65) | 1.32x | 20/20 |" in card and "0.91, 0.98" in card
+    assert not errors(check_draft(out, "sglang"))  # the card is not a weight or config the engines read
+
+    class Down(FakeApi):
+        def upload_folder(self, **kwargs):
+            raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Down)
+    result = invoke("export", str(draft_dir), "--to", "vllm", "--out", str(tmp_path / "v"), "--push-to-hub", "me/x")
+    assert result.exit_code == 2 and "no route to host" in result.stderr and "the export is in" in result.stderr
+    assert (tmp_path / "v" / WEIGHTS).is_file() and "base_model: tiny/target" in (tmp_path / "v" / "README.md").read_text()
+    (tmp_path / "bad.json").write_text("[]")
+    result = invoke("export", str(draft_dir), "--to", "vllm", "--out", str(tmp_path / "w"), "--eval-report",
+                    str(tmp_path / "bad.json"))
+    assert result.exit_code == 2 and "not an `eagle3kit eval --json` report" in result.stderr

@@ -46,8 +46,10 @@ those are imported when a function needs them, so the CLI starts fast):
   SGLang and vLLM together.
 * :mod:`~eagle3kit.export.write`: :func:`export_draft` and :func:`speculators_config`,
   converting and writing one format.
-* :mod:`~eagle3kit.export.commands`: :func:`check_command` and :func:`export_command`,
-  what the CLI runs (they print with rich).
+* :mod:`~eagle3kit.export.card`: :func:`model_card` (the export's ``README.md``: target,
+  serve command, shapes, training, acceptance from an eval report) and :func:`serve_hint`.
+* :mod:`~eagle3kit.export.commands`: :func:`check_command`, :func:`export_command` and
+  :func:`push_folder` (``--push-to-hub``), what the CLI runs (they print with rich).
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ from eagle3kit.export.folder import (ARCHITECTURE, ENGINE, FORMATS, LAYER_CONFIG
 from eagle3kit.export.problem import Problem
 from eagle3kit.export.check import check_draft
 from eagle3kit.export.write import export_draft, speculators_config
-from eagle3kit.export.commands import check_command, export_command, serve_hint
+from eagle3kit.export.card import model_card, serve_hint
+from eagle3kit.export.commands import check_command, export_command, push_folder
 
 __all__ = [
     "ARCHITECTURE", "ENGINE", "FORMATS", "LAYER_CONFIG_KEYS", "MARKER", "SHORT_CONTEXT", "SPECULATORS_ARCHITECTURE",
     "SPECULATORS_VERSION", "VLLM_ARCHITECTURES", "DraftFolder", "Problem", "check_command", "check_draft",
     "export_command", "export_draft", "flat_config", "is_speculators_config", "read_folder", "read_target_config",
-    "serve_hint", "speculators_config",
+    "model_card", "push_folder", "serve_hint", "speculators_config",
 ]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from eagle3kit.errors import UserError
+from eagle3kit.export.card import serve_hint
 from eagle3kit.export.check import _check_folder, _engine_problems
 from eagle3kit.export.folder import ENGINE, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
 from eagle3kit.export.problem import Problem
@@ -77,30 +78,54 @@ def check_command(draft_dir: str | Path, fmt: str | None = None, basepath: str |
     return problems
 
 
-def serve_hint(fmt: str, out: Path, basepath: str | None, num_speculative_tokens: int) -> str:
-    base = basepath or "TARGET"
-    if fmt == "sglang":
-        return (f"python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 "
-                f"--speculative-draft-model-path {out} --speculative-num-steps {num_speculative_tokens} "
-                f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {num_speculative_tokens + 1}")
-    if fmt == "vllm":
-        spec = json.dumps({"method": "eagle3", "model": str(out), "num_speculative_tokens": num_speculative_tokens})
-        return f"vllm serve {base} --speculative-config '{spec}'"
-    return f"vllm serve {out}"
-
-
 def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath: str | None = None,
-                   num_speculative_tokens: int = 5) -> Path:
-    """``eagle3kit export DRAFT_DIR --to FMT --out OUT``: write, check, print how to serve it."""
+                   num_speculative_tokens: int = 5, eval_report: str | Path | None = None,
+                   push_to_hub: str | None = None, private: bool = False) -> Path:
+    """``eagle3kit export DRAFT_DIR --to FMT --out OUT``: write, check, print how to serve it;
+    with ``push_to_hub``, upload the folder to that Hub repository."""
     from rich.console import Console
 
     console = Console()
+    report = _read_eval_report(eval_report) if eval_report else None
     out, warnings, notes = export_draft(draft_dir, fmt, out_dir, basepath=basepath,
-                                        num_speculative_tokens=num_speculative_tokens)
+                                        num_speculative_tokens=num_speculative_tokens, eval_report=report,
+                                        served_as=push_to_hub)
     if warnings:
         console.print(_problem_table(warnings, f"{fmt} export: warnings"))
     for note in notes:
         console.print(f"  {note}", highlight=False)
     console.print(f"[green]Wrote[/green] {out} ({ENGINE[fmt]} layout, checked). Serve with:", highlight=False)
-    console.print(serve_hint(fmt, out, basepath, num_speculative_tokens), highlight=False, soft_wrap=True)
+    console.print(serve_hint(fmt, push_to_hub or str(out), basepath, num_speculative_tokens), highlight=False,
+                  soft_wrap=True)
+    if push_to_hub:
+        url = push_folder(out, push_to_hub, private, f"eagle3kit export --to {fmt}")
+        console.print(f"[green]Pushed[/green] {out} to {url}", highlight=False)
     return out
+
+
+def _read_eval_report(path: str | Path) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserError(f"--eval-report {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise UserError(f"--eval-report {path}: not valid JSON ({error})") from None
+    if not isinstance(report, dict) or "tau" not in report:
+        raise UserError(f"--eval-report {path}: not an `eagle3kit eval --json` report (no tau)")
+    return report
+
+
+def push_folder(folder: Path, repo_id: str, private: bool, message: str) -> str:
+    """Upload ``folder`` to the Hub model repository ``repo_id`` (created if missing); its URL."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message)
+    except Exception as error:  # noqa: BLE001 - no login, no network, no rights: the user's to fix
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"--push-to-hub {repo_id}: the upload failed ({first}); the export is in {folder}. Log in "
+                        "(`huggingface-cli login` or HF_TOKEN) and run the export again, or upload the folder "
+                        "yourself") from None
+    return f"https://huggingface.co/{repo_id}"

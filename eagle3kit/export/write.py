@@ -13,6 +13,7 @@ from typing import Any
 from eagle3kit import __version__
 from eagle3kit.checkpoint import CONFIG, WEIGHTS, servable_config
 from eagle3kit.errors import UserError
+from eagle3kit.export.card import CARD, model_card
 from eagle3kit.export.check import _check_folder
 from eagle3kit.export.folder import (FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
                                      DraftFolder, _canonical, _int, read_folder, read_target_config)
@@ -183,8 +184,11 @@ def _unshared(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath: str | None = None,
-                 num_speculative_tokens: int = 5) -> tuple[Path, list[Problem], list[str]]:
-    """Write ``draft_dir`` in ``fmt``'s layout to ``out_dir`` (atomically), checked.
+                 num_speculative_tokens: int = 5, eval_report: dict[str, Any] | None = None,
+                 served_as: str | None = None) -> tuple[Path, list[Problem], list[str]]:
+    """Write ``draft_dir`` in ``fmt``'s layout to ``out_dir`` (atomically), checked, with a
+    model card (``README.md``; ``eval_report``: an ``eagle3kit eval --json`` report to quote,
+    ``served_as``: the Hub id the card's serve command names, default the folder).
 
     Returns ``(out_dir, the export's warnings, notes on what was renamed or rebuilt)``.
     Raises :class:`UserError` when the export would not load correctly (it is then not
@@ -221,6 +225,8 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
         save_file(_unshared(tensors), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        card = model_card(servable, fmt, served_as or str(out), basepath, num_speculative_tokens, eval_report)
+        (tmp / CARD).write_text(card + "\n", encoding="utf-8")
         problems = _check_folder(read_folder(tmp), fmt, basepath)
         errors = [p for p in problems if p.is_error]
         if errors:

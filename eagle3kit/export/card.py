@@ -1,0 +1,79 @@
+"""The model card (``README.md``) of an export folder, and how to serve it: what a person who
+finds the folder (or its Hub page) needs: the target, how to serve it, the draft's shapes,
+how it was trained and, given an ``eagle3kit eval --json`` report, what it is worth.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eagle3kit import __version__
+from eagle3kit.export.folder import ENGINE
+
+CARD = "README.md"
+
+
+def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_tokens: int) -> str:
+    """The command that serves the export ``where`` (a folder or Hub id) with its target."""
+    base = basepath or "TARGET"
+    if fmt == "sglang":
+        return (f"python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 "
+                f"--speculative-draft-model-path {where} --speculative-num-steps {num_speculative_tokens} "
+                f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {num_speculative_tokens + 1}")
+    if fmt == "vllm":
+        spec = json.dumps({"method": "eagle3", "model": str(where), "num_speculative_tokens": num_speculative_tokens})
+        return f"vllm serve {base} --speculative-config '{spec}'"
+    return f"vllm serve {where}"
+
+
+def _eval_section(report: dict[str, Any]) -> list[str]:
+    cfg = report.get("config", {})
+    low, high = report.get("tau_ci95", [float("nan")] * 2)
+    lines = ["## Acceptance", "",
+             f"Measured with `eagle3kit eval` (real speculative decoding, chains of {cfg.get('steps', '?')} draft "
+             f"tokens, temperature {cfg.get('temperature', '?')}) on {report.get('prompts', '?')} prompts of "
+             f"`{cfg.get('data_path', '?')}`, {report.get('device', '?')}, {report.get('dtype', '?')}:", "",
+             "| acceptance length tau (95% CI) | speed-up over plain decoding | identical to greedy |",
+             "| --- | --- | --- |"]
+    speedup = f"{report['speedup']:.2f}x" if isinstance(report.get("speedup"), (int, float)) else "-"
+    same = (f"{report['identical_to_greedy']}/{report.get('prompts')}" if "identical_to_greedy" in report else "-")
+    lines += [f"| {report.get('tau', float('nan')):.2f} ({low:.2f}-{high:.2f}) | {speedup} | {same} |", ""]
+    rates = report.get("acceptance_rate") or []
+    if rates:
+        lines += ["Acceptance at each draft position (given the previous ones): "
+                  + ", ".join(f"{r:.2f}" for r in rates) + ".", ""]
+    return lines
+
+
+def model_card(servable: dict[str, Any], fmt: str, where: str, basepath: str | None, num_speculative_tokens: int,
+               eval_report: dict[str, Any] | None = None) -> str:
+    """The README.md of an export: ``servable`` is the SGLang/vLLM config of the draft."""
+    meta = servable.get("eagle3kit", {})
+    recorded = meta.get("target_model") or meta.get("draft_config", {}).get("target_model") or None
+    target = basepath or recorded or "the target model"
+    front = ["---", f"base_model: {target}" if basepath or recorded else None,
+             "tags:", "- eagle3", "- speculative-decoding", "- draft-model", f"- {fmt}", "- eagle3kit", "---"]
+    rope = f"rope_theta {servable.get('rope_theta')}"
+    if isinstance(servable.get("rope_scaling"), dict):
+        rope += f", {servable['rope_scaling'].get('rope_type', servable['rope_scaling'].get('type'))} scaling"
+    lines = [line for line in front if line is not None] + [
+        "", f"# EAGLE-3 draft for {target}", "",
+        f"A one-layer EAGLE-3 draft model for speculative decoding with `{target}`, in the {ENGINE[fmt]} "
+        f"layout; exported by eagle3kit {__version__}.", "",
+        "## Serve", "", "```bash", serve_hint(fmt, where, basepath or recorded, num_speculative_tokens),
+        "```", "",
+        "## Draft", "",
+        "| hidden | heads (kv) | intermediate | vocabulary (draft) | feature layers (HF hidden_states) | max positions | rope |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {servable.get('hidden_size')} | {servable.get('num_attention_heads')} ({servable.get('num_key_value_heads')}) "
+        f"| {servable.get('intermediate_size')} | {servable.get('vocab_size')} ({servable.get('draft_vocab_size')}) "
+        f"| {servable.get('eagle_aux_hidden_state_layer_ids', 'engine default')} "
+        f"| {servable.get('max_position_embeddings')} | {rope} |", "",
+    ]
+    trained = [f"{k.replace('_', ' ')}: `{meta[k]}`" for k in ("step", "ttt_length", "init_draft") if meta.get(k) is not None]
+    if trained:
+        lines += ["## Training", "", f"Trained with eagle3kit ({', '.join(trained)}).", ""]
+    if eval_report:
+        lines += _eval_section(eval_report)
+    return "\n".join(lines)
