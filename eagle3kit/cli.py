@@ -263,6 +263,12 @@ def regenerate(**options):
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @click.option("--no-baseline", is_flag=True, help="Skip plain greedy decoding (no speed-up figure).")
+@click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tree drafting: each level expands the K best candidates, K children each (SGLang's "
+                   "--speculative-eagle-topk). 1: a chain. Greedy only.")
+@click.option("--num-draft-tokens", type=click.IntRange(min=2), default=None,
+              help="Tree nodes the target checks per pass, root included (SGLang's --speculative-num-draft-tokens). "
+                   "Default: steps + 1 for a chain, else 1 + topk x steps, at most 64.")
 def eval_(**options):
     """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up."""
     from eagle3kit.eval import EvalConfig, run_eval

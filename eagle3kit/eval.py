@@ -8,6 +8,11 @@ is kept. The draft then re-reads the accepted positions with the target's true f
 
 * Greedy (temperature 0): a proposal is accepted iff it is the target's argmax, so the
   output is token for token the target's greedy output (lossless).
+* Trees (``--topk`` > 1, greedy; :class:`TreeDecoder`): the draft grows a tree the way
+  SGLang does with ``--speculative-eagle-topk``, the target checks its best
+  ``--num-draft-tokens`` nodes in one pass under a tree mask, the longest agreeing path
+  is kept. Chains are what the EAGLE-3 training objective measures; trees are how the
+  paper's and the engines' acceptance lengths are usually reported.
 * Sampling: the standard rejection rule (:func:`accept_chain`): accept d_i with
   probability min(1, p_i(d_i) / q_i(d_i)), else sample from norm(max(0, p_i - q_i)) and
   stop; after a full acceptance sample the bonus token from p_{s+1}. The output follows
@@ -46,6 +51,21 @@ class EvalConfig:
     dtype: str = "auto"
     json_path: str | None = None
     no_baseline: bool = False
+    topk: int = 1  # > 1: tree drafting, as SGLang's --speculative-eagle-topk (greedy only)
+    num_draft_tokens: int | None = None  # tree nodes the target checks per pass (with the root); default 1 + topk x steps, at most 64
+
+
+def tree_size(cfg: EvalConfig) -> int | None:
+    """Tokens per verification pass of tree drafting (root included), or None for a chain."""
+    if cfg.topk == 1 and cfg.num_draft_tokens in (None, cfg.steps + 1):
+        return None
+    size = cfg.num_draft_tokens or min(1 + cfg.topk * cfg.steps, 64)
+    if size < 2:
+        raise UserError(f"--num-draft-tokens {size}: at least 2 (the root and one draft token)")
+    if cfg.temperature > 0:
+        raise UserError("tree drafting (--topk > 1 or --num-draft-tokens) is greedy only; use --temperature 0, "
+                        "or --topk 1 to sample")
+    return size
 
 
 # ------------------------------------------------------------------ the acceptance rule
@@ -258,6 +278,192 @@ class SpeculativeDecoder:
         return result
 
 
+@dataclass
+class _Node:
+    """A candidate of the draft tree: a token, its parent candidate (-1: the root), its depth
+    (1 = right after the root) and the draft's cumulative log-probability of its path."""
+
+    token: int
+    parent: int
+    depth: int
+    score: float
+
+
+class TreeDecoder(SpeculativeDecoder):
+    """Greedy tree speculative decoding, as SGLang serves EAGLE-3 with ``--speculative-eagle-topk``.
+
+    The draft grows a tree ``steps`` levels deep: every level expands the ``topk`` best
+    candidates so far (by the draft's cumulative log-probability), each into its ``topk``
+    best children; the ``num_draft_tokens - 1`` best candidates of the whole tree go to
+    the target, which checks all of them in one forward pass under a tree mask (each
+    node sees the context and its own ancestors). The longest path whose every token is
+    the target's argmax is kept, plus the target's next token: the output is the
+    target's greedy output, token for token.
+
+    The target's cache keeps only the committed context: the tokens accepted in a pass are
+    read again at the start of the next pass (a few tokens more in that pass), so the
+    cache is only ever cropped, which every cache layout supports.
+    """
+
+    def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], topk: int, num_draft_tokens: int) -> None:
+        super().__init__(model, draft, steps, eos_ids, temperature=0.0)
+        self.topk, self.num_draft_tokens = topk, num_draft_tokens
+
+    def _grow(self, state: DraftState, h_last: torch.Tensor, start: int) -> list[_Node]:
+        """The candidate tree below the root, whose draft hidden state is ``h_last`` (1, 1, H);
+        depth-1 candidates are read by the draft at position ``start``."""
+        from eagle3kit.train.attention import repeat_kv
+
+        device = h_last.device
+        committed_k, committed_v = state.keys[:, :, :start], state.values[:, :, :start]
+        nodes: list[_Node] = []
+        run_ids: list[int] = []  # candidates the draft has read, in the order of tree_k/tree_v
+        tree_k = tree_v = None
+
+        def children(hidden: torch.Tensor, parents: list[int], base: list[float], depth: int) -> list[int]:
+            logp = torch.log_softmax(self.draft.logits(hidden).float()[0], dim=-1)  # (n, draft vocab)
+            top = torch.topk(logp, min(self.topk, logp.shape[-1]), dim=-1)
+            new = []
+            for row, parent in enumerate(parents):
+                for lp, idx in zip(top.values[row].tolist(), top.indices[row].tolist()):
+                    nodes.append(_Node(int(self.draft_ids[idx]), parent, depth, base[row] + lp))
+                    new.append(len(nodes) - 1)
+            return new
+
+        frontier = children(h_last, [-1], [0.0], 1)
+        frontier = sorted(frontier, key=lambda i: -nodes[i].score)[: self.topk]
+        hidden_of = {-1: h_last[0, 0]}
+        for depth in range(1, self.steps):
+            tokens = torch.tensor([nodes[i].token for i in frontier], device=device)
+            hidden = torch.stack([hidden_of[nodes[i].parent] for i in frontier])[None]
+            first = len(run_ids)
+            run_ids.extend(frontier)
+            ancestry = torch.zeros(len(frontier), len(run_ids), dtype=torch.bool, device=device)
+            for row, i in enumerate(frontier):
+                j = i
+                while j >= 0:
+                    ancestry[row, run_ids.index(j)] = True
+                    j = nodes[j].parent
+            positions = torch.full((1, len(frontier)), start + depth - 1, device=device)
+            cos, sin = self.draft.rope(positions, hidden)
+            embeds = self.embed(tokens.view(1, -1)).to(hidden.dtype)
+
+            def attend(q, k, v):
+                nonlocal tree_k, tree_v
+                tree_k = k if tree_k is None else torch.cat([tree_k, k], dim=2)
+                tree_v = v if tree_v is None else torch.cat([tree_v, v], dim=2)
+                groups = q.shape[1] // k.shape[1]
+                kk = repeat_kv(torch.cat([committed_k, tree_k], dim=2), groups)
+                vv = repeat_kv(torch.cat([committed_v, tree_v], dim=2), groups)
+                allowed = torch.cat([torch.ones(len(frontier), start, dtype=torch.bool, device=device), ancestry], 1)
+                return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
+
+            out = self.draft.layer(embeds, hidden, cos, sin, attend)  # (1, n, H)
+            for row, i in enumerate(frontier):
+                hidden_of[i] = out[0, row]
+            assert tree_k.shape[2] == len(run_ids) and first + len(frontier) == len(run_ids)
+            grown = children(out, frontier, [nodes[i].score for i in frontier], depth + 1)
+            frontier = sorted(grown, key=lambda i: -nodes[i].score)[: self.topk]
+        return nodes
+
+    def _select(self, nodes: list[_Node]) -> list[int]:
+        """The best ``num_draft_tokens - 1`` candidates, ancestors before descendants (a
+        parent's score is at least its child's; ties go to the shallower)."""
+        order = sorted(range(len(nodes)), key=lambda i: (-nodes[i].score, nodes[i].depth, i))
+        chosen: list[int] = []
+        taken: set[int] = set()
+        for i in order:
+            if len(chosen) == self.num_draft_tokens - 1:
+                break
+            if nodes[i].parent == -1 or nodes[i].parent in taken:
+                chosen.append(i)
+                taken.add(i)
+        return sorted(chosen, key=lambda i: (nodes[i].depth, i))
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        cache = DynamicCache()
+        ids = torch.tensor(prompt_ids, device=device)
+        n = ids.numel()
+        start_time = time.perf_counter()
+        features, logits = self._target(ids, 0, cache)
+        token = self._pick(logits[-1])
+        out = [token]
+        state = DraftState(self.draft)
+        hidden = state.forward(features, torch.cat([ids[1:], torch.tensor([token], device=device)]), self.embed, 0)
+        pos, pending = n, [token]  # committed cache length; tokens at pos.. not in the target cache yet
+        result = Decoded(tokens=out, passes=0)
+        while len(out) < max_new_tokens and out[-1] not in self.eos:
+            p = len(pending)  # the draft has read up to position pos + p - 2 (its last hidden: pos + p - 2)
+            nodes = self._grow(state, hidden[:, -1:], pos + p - 1)
+            chosen = self._select(nodes)
+            row_of = {i: p + r for r, i in enumerate(chosen)}
+            # the target reads the pending tokens (causal) and the chosen nodes (tree) in one pass
+            q = p + len(chosen)
+            allowed = torch.zeros(q, pos + q, dtype=torch.bool, device=device)
+            allowed[:, :pos] = True
+            allowed[:p, pos:pos + p] = torch.tril(torch.ones(p, p, dtype=torch.bool, device=device))
+            allowed[p:, pos:pos + p] = True
+            q_pos = [pos + r for r in range(p)]
+            for r, i in enumerate(chosen):
+                j = i
+                while j >= 0:
+                    allowed[p + r, pos + row_of[j]] = True
+                    j = nodes[j].parent
+                q_pos.append(pos + p - 1 + nodes[i].depth)
+            q_positions = torch.tensor(q_pos, device=device)
+            k_positions = torch.cat([torch.arange(pos, device=device), q_positions])
+            verify = torch.tensor(pending + [nodes[i].token for i in chosen], device=device)
+            features, logits = self._target_masked(verify, q_positions, k_positions, allowed, cache)
+            argmax = logits.argmax(-1).tolist()
+            path, parent, row = [], -1, p - 1  # walk down from the root (the last pending token)
+            while True:
+                nxt = argmax[row]
+                child = next((i for i in chosen if nodes[i].parent == parent and nodes[i].token == nxt), None)
+                if child is None:
+                    break
+                path.append(child)
+                parent, row = child, row_of[child]
+            result.passes += 1
+            result.accepted.append(len(path))
+            new = [nodes[i].token for i in path] + [nxt]
+            for k, t in enumerate(new):
+                if t in self.eos:
+                    new = new[: k + 1]
+                    break
+            out.extend(new)
+            # commit the pending tokens; the accepted ones are read again next pass
+            excess = cache.get_seq_length() - (pos + p)
+            if excess > 0:
+                cache.crop(-excess)  # a negative count: what every transformers version takes
+            state.crop(pos + p - 1)
+            rows = torch.tensor([p - 1] + [row_of[i] for i in path], device=device)
+            hidden = state.forward(features[:, rows], torch.tensor([nodes[i].token for i in path] + [nxt], device=device),
+                                   self.embed, pos + p - 1)
+            pos, pending = pos + p, [nodes[i].token for i in path] + [nxt]
+        result.tokens = out[:max_new_tokens]
+        result.seconds = time.perf_counter() - start_time
+        return result
+
+    def _target_masked(self, ids: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor,
+                       allowed: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target on ``ids`` at ``q_positions`` attending as ``allowed`` says (keys: the
+        cache, then ``ids``), each sliding layer also within its window."""
+        windows = self.target.windows
+        masks = {}
+        for kind, w in windows.items():
+            a = allowed if w is None else allowed & (q_positions[:, None] - k_positions[None, :] < w)
+            masks[kind] = self.target.dense_mask(a)
+        mask = masks[None] if None in masks else masks
+        with self.target.capturing() as captured:
+            out = self.model(input_ids=ids.view(1, -1), position_ids=q_positions[None], attention_mask=mask,
+                             use_cache=True, **cache_kwarg(self.model, cache))
+        return self.target.fused(captured), out.logits[0].float()
+
+
 @torch.no_grad()
 def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Sequence[int], temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> Decoded:
@@ -362,7 +568,11 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
+    size = tree_size(cfg)
+    if size is None:
+        decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
+    else:
+        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size)
 
     # warm up kernels and allocator once, outside the timings
     decoder.generate(prompts[0], min(8, cfg.max_new_tokens))

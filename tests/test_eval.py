@@ -3,12 +3,14 @@ temperature > 0, and acceptance that tells a trained draft from an untrained one
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
 
 from eagle3kit.eval import (
     SpeculativeDecoder,
+    TreeDecoder,
     accept_chain,
     accept_greedy,
     end_of_turn_ids,
@@ -119,10 +121,12 @@ def test_sampling_decoder_runs_and_respects_max_tokens(trained_run, target_and_p
     assert 1 <= len(out.tokens) <= 20 and out.passes >= 1
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
 @pytest.mark.parametrize("name", ["qwen3", "mistral", "gptoss"])
-def test_speculative_decoding_is_lossless_on_sliding_window_targets(name):
+def test_speculative_decoding_is_lossless_on_sliding_window_targets(name, tree):
     """The verification cache is cut back after every rejection; with sliding-window
-    layers (and sinks) the output must still be the target's greedy output."""
+    layers (and sinks) the output must still be the target's greedy output (a tree's
+    verification mask is cut to each layer's window too)."""
     import transformers
 
     from helpers import windowed_configs
@@ -138,7 +142,10 @@ def test_speculative_decoding_is_lossless_on_sliding_window_targets(name):
             p.mul_(8)  # peaked predictions: greedy outputs that depend on the context
     draft = Eagle3Draft(DraftConfig.from_target(model.config, 100, [1, 2, 3])).eval()
     draft.set_vocab(torch.arange(0, 300, 3))
-    decoder = SpeculativeDecoder(model, draft, steps=4, eos_ids=[])
+    if tree:
+        decoder = TreeDecoder(model, draft, steps=4, eos_ids=[], topk=3, num_draft_tokens=10)
+    else:
+        decoder = SpeculativeDecoder(model, draft, steps=4, eos_ids=[])
     outputs = set()
     for seed in range(3):
         prompt = torch.randint(0, 300, (9,), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -146,3 +153,35 @@ def test_speculative_decoding_is_lossless_on_sliding_window_targets(name):
         assert spec.tokens == plain.tokens and spec.passes >= 30 // 5
         outputs.add(tuple(plain.tokens))
     assert len(outputs) == 3
+
+
+def test_tree_drafting_is_lossless_and_accepts_more_than_a_chain(trained_run, target_and_prompts):
+    from eagle3kit.checkpoint import load_draft
+
+    model, tokenizer, prompts = target_and_prompts
+    eos = end_of_turn_ids(tokenizer)
+    draft = load_draft(trained_run / "latest" / "draft").eval()
+    plain = [plain_decode(model, p, 48, eos) for p in prompts]
+    chain = _decode_all(model, draft, prompts, eos)
+    single = [TreeDecoder(model, draft, 5, eos, topk=1, num_draft_tokens=6).generate(p, 48) for p in prompts]
+    tree = [TreeDecoder(model, draft, 5, eos, topk=4, num_draft_tokens=16).generate(p, 48) for p in prompts]
+    for c, s, t, b in zip(chain, single, tree, plain):
+        assert c.tokens == s.tokens == t.tokens == b.tokens  # lossless, token for token
+        assert c.accepted[:-1] == s.accepted[:-1]  # a one-wide tree is the chain (the last pass may be cut short)
+        assert sum(a + 1 for a in t.accepted) >= len(t.tokens) - 1
+    assert summarize(tree, 5)["tau"] > summarize(chain, 5)["tau"] + 0.1  # more candidates, longer accepted runs
+
+
+def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, tmp_path):
+    from click.testing import CliRunner
+
+    from eagle3kit.cli import cli
+
+    args = ["eval", "--basepath", str(tiny_target), "--draft", str(trained_run / "best"), "--data",
+            str(mixed_data / "test.jsonl"), "--num-samples", "3", "--max-new-tokens", "16", "--steps", "3"]
+    result = CliRunner().invoke(cli, args + ["--topk", "3", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["identical_to_greedy"] == 3 and report["config"]["topk"] == 3
+    result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7"])
+    assert result.exit_code == 2 and "greedy only" in result.output

@@ -186,8 +186,13 @@ class FrozenTarget:
             allowed = packed.dense
         else:
             allowed = dense_doc_causal_mask(doc_ids, window)
+        return self.dense_mask(allowed)
+
+    def dense_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A (queries, keys) bool matrix as the target's sdpa or eager attention takes it:
+        (1, 1, Q, K), bool for sdpa, additive (0 or the dtype's minimum) for eager."""
         allowed = allowed[None, None]
-        if impl == "sdpa":
+        if self.attn_implementation == "sdpa":
             return allowed
         dtype = self.embed_tokens.weight.dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
