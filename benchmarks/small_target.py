@@ -1,7 +1,7 @@
 """Acceptance and speed-up of a draft trained for a few minutes on a small target, end to
 end through the CLI: mix the bundled samples, train a small Llama on them, train a draft
-(``eagle3kit train``), measure it (``eagle3kit eval``), and time ``eagle3kit regenerate``
-with the in-process backend. Run on the accelerator machine; writes its logs under --out.
+(``eagle3kit train``), measure it (``eagle3kit eval``), time ``eagle3kit regenerate``
+with the in-process backend, then measure the draft with tree drafting (top-8, 32 tokens). Run on the accelerator machine; writes its logs under --out.
 
     python benchmarks/small_target.py --out /tmp/small
 """
@@ -75,6 +75,11 @@ def main() -> int:
         note("regenerate", cli(["regenerate", "--basepath", str(out / "target"), "--input",
                                    str(out / "data" / "train.jsonl"), "--out", str(out / "regen.jsonl"), "--limit",
                                    str(args.regen_limit), "--max-new-tokens", "128", "--batch-size", "64"], log, 600))
+    if "tree" not in args.skip:  # last: a time-boxed run keeps the chain and regeneration figures
+        note("eval_tree", cli(["eval", "--basepath", str(out / "target"), "--draft", str(out / "ck" / "best"),
+                                  "--data", str(out / "data" / "test.jsonl"), "--num-samples", str(args.samples),
+                                  "--max-new-tokens", "256", "--steps", "5", "--topk", "8", "--num-draft-tokens", "32",
+                                  "--json", str(out / "eval_tree.json")], log, 600))
     print(json.dumps(times))
     return 0
 
