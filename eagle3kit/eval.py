@@ -336,7 +336,6 @@ class TreeDecoder(SpeculativeDecoder):
         for depth in range(1, self.steps):
             tokens = torch.tensor([nodes[i].token for i in frontier], device=device)
             hidden = torch.stack([hidden_of[nodes[i].parent] for i in frontier])[None]
-            first = len(run_ids)
             run_ids.extend(frontier)
             ancestry = torch.zeros(len(frontier), len(run_ids), dtype=torch.bool, device=device)
             for row, i in enumerate(frontier):
@@ -361,7 +360,6 @@ class TreeDecoder(SpeculativeDecoder):
             out = self.draft.layer(embeds, hidden, cos, sin, attend)  # (1, n, H)
             for row, i in enumerate(frontier):
                 hidden_of[i] = out[0, row]
-            assert tree_k.shape[2] == len(run_ids) and first + len(frontier) == len(run_ids)
             grown = children(out, frontier, [nodes[i].score for i in frontier], depth + 1)
             frontier = sorted(grown, key=lambda i: -nodes[i].score)[: self.topk]
         return nodes
