@@ -314,7 +314,8 @@ def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | No
         test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
         if draft_ids is not None:
             counts = count_masked_tokens(train.dataset, len(tokenizer))
-            coverage = float(counts[draft_ids].sum() / max(int(counts.sum()), 1))
+            seen = draft_ids[draft_ids < len(counts)]  # a model's vocabulary can be padded past the tokenizer's
+            coverage = float(counts[seen].sum() / max(int(counts.sum()), 1))
             return Prepared(train, test, tokenizer, draft_ids, coverage)
         vocab = load_or_build_draft_vocab(train, len(tokenizer), cfg.draft_vocab_size, tokenizer.all_special_ids,
                                           cfg.cache_dir, warn=ui.warn if rank == 0 else (lambda m: None))
