@@ -250,9 +250,16 @@ def regenerate(**options):
 
 @cli.command(name="eval")
 @click.option("--basepath", required=True, help="The target model (HF id or folder).")
-@click.option("--draft", "draft_path", type=click.Path(file_okay=False), required=True,
+@click.option("--draft", "draft_path", type=click.Path(file_okay=False), default=None,
               help="A draft folder (config.json + weights), e.g. checkpoints/best/draft, or a Hugging Face Hub id; "
                    "drafts trained elsewhere (SGLang/EAGLE or speculators layout) work too.")
+@click.option("--server", default=None, metavar="URL",
+              help="Instead of --draft: measure a running SGLang or vLLM server (its own draft and settings) on the "
+                   "same prompts, one at a time, e.g. http://localhost:30000.")
+@click.option("--engine", type=click.Choice(["auto", "sglang", "vllm"]), default="auto", show_default=True,
+              help="With --server: which engine it is (auto: vLLM if /metrics has vllm: counters, else SGLang).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="With --server: seconds per request.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL (test split).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=80, show_default=True,
               help="Prompts to decode: every human turn of the data, with the conversation before it.")
@@ -270,7 +277,8 @@ def regenerate(**options):
               help="Tree nodes the target checks per pass, root included (SGLang's --speculative-num-draft-tokens). "
                    "Default: steps + 1 for a chain, else 1 + topk x steps, at most 64.")
 def eval_(**options):
-    """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up."""
+    """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up
+    (or, with --server, what a running SGLang or vLLM server's draft gets on the same prompts)."""
     from eagle3kit.eval import EvalConfig, run_eval
     from eagle3kit.ui import RichUI
 

@@ -41,7 +41,7 @@ from eagle3kit.ui import UI
 @dataclass
 class EvalConfig:
     basepath: str
-    draft_path: str
+    draft_path: str | None
     data_path: str
     num_samples: int = 80
     max_new_tokens: int = 256
@@ -52,6 +52,9 @@ class EvalConfig:
     json_path: str | None = None
     no_baseline: bool = False
     topk: int = 1  # > 1: tree drafting, as SGLang's --speculative-eagle-topk (greedy only)
+    server: str | None = None  # measure a running SGLang / vLLM server instead (eagle3kit.eval_server)
+    engine: str = "auto"  # sglang | vllm | auto
+    timeout: float = 600.0  # seconds per server request
     num_draft_tokens: int | None = None  # tree nodes the target checks per pass (with the root); default 1 + topk x steps, at most 64
 
 
@@ -550,6 +553,10 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     from eagle3kit.train.target import load_target_model, load_tokenizer
 
     ui = ui or UI()
+    if cfg.server:
+        return _run_served(cfg, ui)
+    if not cfg.draft_path:
+        raise UserError("give --draft DRAFT (or --server URL to measure a running SGLang or vLLM server)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.basepath)
@@ -616,6 +623,25 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     return report
 
 
+def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
+    """``--server``: the same prompts, decoded by a running SGLang or vLLM server."""
+    from eagle3kit.eval_server import served_acceptance
+    from eagle3kit.train.target import load_tokenizer
+
+    if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path:
+        ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk "
+                "and --num-draft-tokens are ignored")
+    prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
+    report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature, cfg.timeout, ui)
+    report["config"] = asdict(cfg)
+    _print_report(ui, report, cfg)
+    if cfg.json_path:
+        from eagle3kit.atomic import atomic_write_text
+
+        atomic_write_text(cfg.json_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -625,8 +651,13 @@ def _print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
     from rich.table import Table
 
     low, high = report["tau_ci95"]
-    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {cfg.steps} draft tokens per pass, "
-                        f"temperature {cfg.temperature}")
+    if report.get("engine"):
+        how = f"as the {report['engine']} server at {report['server']} drafts"
+    elif tree_size(cfg):
+        how = f"trees of {tree_size(cfg)} tokens (top-{cfg.topk}, {cfg.steps} levels)"
+    else:
+        how = f"{cfg.steps} draft tokens per pass"
+    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}")
     table.add_column("draft position", justify="right")
     table.add_column("acceptance rate (given the previous)", justify="right")
     table.add_column("reached", justify="right")

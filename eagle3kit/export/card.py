@@ -39,7 +39,8 @@ def _eval_section(report: dict[str, Any]) -> list[str]:
     cfg = report.get("config", {})
     low, high = report.get("tau_ci95", [float("nan")] * 2)
     lines = ["## Acceptance", "",
-             f"Measured with `eagle3kit eval` (real speculative decoding, {_drafting(cfg)}, temperature "
+             f"Measured with `eagle3kit eval` (real speculative decoding, "
+             f"{'as a ' + report['engine'] + ' server drafts' if report.get('engine') else _drafting(cfg)}, temperature "
              f"{cfg.get('temperature', '?')}) on {report.get('prompts', '?')} prompts of "
              f"`{cfg.get('data_path', '?')}`, {report.get('device', '?')}, {report.get('dtype', '?')}:", "",
              "| acceptance length tau (95% CI) | speed-up over plain decoding | identical to greedy |",
