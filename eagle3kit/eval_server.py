@@ -12,7 +12,8 @@ reports:
 * vLLM (``POST /v1/completions``): the Prometheus counters at ``/metrics``, read before
   and after each request: ``vllm:spec_decode_num_drafts``, ``..._num_accepted_tokens``
   and ``..._num_accepted_tokens_per_pos`` (by draft position). tau is
-  ``1 + accepted / drafts``, which is also vLLM's mean acceptance length.
+  ``1 + accepted / drafts``, which is also vLLM's mean acceptance length. The counters
+  are read once more at the end: what vLLM recorded after a response had left counts too.
 
 tau is therefore the in-process evaluation's figure (tokens per verification pass),
 with the same bootstrap interval over prompts.
@@ -122,17 +123,23 @@ def _sglang_one(server: Server, ids: list[int], max_new_tokens: int, temperature
     return completion, max(completion - 1, 0), verify
 
 
+def _scrape(server: Server) -> dict[str, Any]:
+    return vllm_counters(server.request("GET", "/metrics")[1].decode("utf-8", "replace"))
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> tuple[int, int, dict[int, float]]:
+    """(drafts, accepted tokens, accepted per position) between two scrapes."""
+    per_position = {p: after["per_position"][p] - before["per_position"].get(p, 0.0) for p in after["per_position"]}
+    return round(after["drafts"] - before["drafts"]), round(after["accepted"] - before["accepted"]), per_position
+
+
 def _vllm_one(server: Server, model: str, ids: list[int], max_new_tokens: int,
               temperature: float) -> tuple[int, int, int, dict[int, float]]:
-    before = vllm_counters(server.request("GET", "/metrics")[1].decode("utf-8", "replace"))
+    before = _scrape(server)
     out = server.json("POST", "/v1/completions", {"model": model, "prompt": ids, "max_tokens": max_new_tokens,
                                                   "temperature": temperature})
-    after = vllm_counters(server.request("GET", "/metrics")[1].decode("utf-8", "replace"))
-    completion = int(out.get("usage", {}).get("completion_tokens", 0))
-    drafts = round(after["drafts"] - before["drafts"])
-    accepted = round(after["accepted"] - before["accepted"])
-    per_position = {p: after["per_position"][p] - before["per_position"].get(p, 0.0) for p in after["per_position"]}
-    return completion, drafts + accepted, drafts, per_position
+    drafts, accepted, per_position = _delta(_scrape(server), before)
+    return int(out.get("usage", {}).get("completion_tokens", 0)), drafts + accepted, drafts, per_position
 
 
 def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_tokens: int, temperature: float,
@@ -143,10 +150,11 @@ def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_t
 
     server = Server(url, timeout)
     engine = detect_engine(server) if engine == "auto" else engine
-    model = None
+    model = start_counters = None
     if engine == "vllm":
         models = server.json("GET", "/v1/models").get("data") or [{}]
         model = models[0].get("id")
+        start_counters = _scrape(server)
     produced, passes, completions, per_position = [], [], [], {}
     start = time.perf_counter()
     with ui.progress(f"decoding on the {engine} server", total=len(prompts)) as task:
@@ -162,6 +170,13 @@ def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_t
             passes.append(verified)
             task.update(advance=1, tau=f"{sum(produced) / max(sum(passes), 1):.2f}")
     seconds = time.perf_counter() - start
+    if start_counters is not None and passes:  # counts vLLM recorded after a response left go to the last prompt
+        drafts, accepted, positions = _delta(_scrape(server), start_counters)
+        late_drafts = drafts - sum(passes)
+        if late_drafts > 0 or drafts + accepted > sum(produced):
+            passes[-1] += max(late_drafts, 0)
+            produced[-1] += max(drafts + accepted - sum(produced), 0)
+            per_position = positions
     total = sum(passes)
     if total == 0:
         raise UserError(f"--server {server.root}: no verification pass was counted over {len(prompts)} prompts; is "

@@ -20,10 +20,11 @@ VLLM = [(32, [8, 6, 4, 2, 1], 10), (21, [5, 4, 3, 2, 1], 5), (1, [0, 0, 0, 0, 0]
 
 
 class FakeEngine:
-    """``sglang``, ``vllm`` or ``vllm-plain`` (vLLM without speculative decoding) on 127.0.0.1."""
+    """``sglang``, ``vllm``, ``vllm-late`` (counters recorded after the response has left) or
+    ``vllm-plain`` (vLLM without speculative decoding) on 127.0.0.1."""
 
     def __init__(self, kind: str) -> None:
-        self.kind, self.bodies, self.served = kind, [], 0
+        self.kind, self.bodies, self.served, self.pending = kind, [], 0, []
         self.counters = {"drafts": 0, "accepted": 0, "per_pos": [0] * 5}
         engine = self
 
@@ -42,6 +43,7 @@ class FakeEngine:
             def do_GET(self):
                 if self.path == "/metrics" and engine.kind.startswith("vllm"):
                     self.send(200, engine.metrics(), "text/plain")
+                    engine.record()  # vllm-late: a request's counts show from the scrape after the next one
                 elif self.path == "/v1/models" and engine.kind.startswith("vllm"):
                     self.send(200, {"data": [{"id": "tiny-served"}]})
                 elif self.path == "/get_server_info" and engine.kind == "sglang":
@@ -56,12 +58,12 @@ class FakeEngine:
                     completion, verify = SGLANG[engine.served % len(SGLANG)]
                     engine.served += 1
                     self.send(200, {"text": "x", "meta_info": {"completion_tokens": completion, "spec_verify_ct": verify}})
-                elif self.path == "/v1/completions" and engine.kind == "vllm":
+                elif self.path == "/v1/completions" and engine.kind in ("vllm", "vllm-late"):
                     completion, per_pos, drafts = VLLM[engine.served % len(VLLM)]
                     engine.served += 1
-                    engine.counters["drafts"] += drafts
-                    engine.counters["accepted"] += sum(per_pos)
-                    engine.counters["per_pos"] = [a + b for a, b in zip(engine.counters["per_pos"], per_pos)]
+                    engine.pending.append((drafts, per_pos))
+                    if engine.kind == "vllm":
+                        engine.record()
                     self.send(200, {"choices": [{"text": "x"}], "usage": {"completion_tokens": completion}})
                 else:
                     self.send(404, {"detail": "not found"})
@@ -70,10 +72,17 @@ class FakeEngine:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def record(self) -> None:
+        for drafts, per_pos in self.pending:
+            self.counters["drafts"] += drafts
+            self.counters["accepted"] += sum(per_pos)
+            self.counters["per_pos"] = [a + b for a, b in zip(self.counters["per_pos"], per_pos)]
+        self.pending = []
+
     def metrics(self) -> str:
         c = self.counters
         lines = ["# HELP vllm:num_requests_running Number of requests.", 'vllm:num_requests_running{model_name="m"} 0.0']
-        if self.kind == "vllm":
+        if self.kind in ("vllm", "vllm-late"):
             lines += [f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {c["drafts"]:.1f}',
                       f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {5 * c["drafts"]:.1f}',
                       f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {c["accepted"]:.1f}']
@@ -123,7 +132,7 @@ def test_sglang_acceptance_from_meta_info(engine, tiny_target, mixed_data, tmp_p
     assert "acceptance length tau 4.000" in result.output
 
 
-@pytest.mark.parametrize("engine", ["vllm"], indirect=True)
+@pytest.mark.parametrize("engine", ["vllm", "vllm-late"], indirect=True)
 def test_vllm_acceptance_from_its_counters(engine, tiny_target, mixed_data, tmp_path):
     result, report = run_eval(tiny_target, mixed_data, tmp_path, engine.url, "--draft", "ignored")
     assert result.exit_code == 0, result.output
