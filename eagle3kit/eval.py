@@ -311,6 +311,7 @@ class TreeDecoder(SpeculativeDecoder):
     def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], topk: int, num_draft_tokens: int) -> None:
         super().__init__(model, draft, steps, eos_ids, temperature=0.0)
         self.topk, self.num_draft_tokens = topk, num_draft_tokens
+        self.target_id = self.draft_ids.tolist()  # draft id -> target id, on the host (no sync per candidate)
 
     def _grow(self, state: DraftState, h_last: torch.Tensor, start: int) -> list[_Node]:
         """The candidate tree below the root, whose draft hidden state is ``h_last`` (1, 1, H);
@@ -329,7 +330,7 @@ class TreeDecoder(SpeculativeDecoder):
             new = []
             for row, parent in enumerate(parents):
                 for lp, idx in zip(top.values[row].tolist(), top.indices[row].tolist()):
-                    nodes.append(_Node(int(self.draft_ids[idx]), parent, depth, base[row] + lp))
+                    nodes.append(_Node(self.target_id[idx], parent, depth, base[row] + lp))
                     new.append(len(nodes) - 1)
             return new
 
