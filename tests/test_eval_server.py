@@ -152,6 +152,8 @@ def test_a_server_without_speculative_decoding_is_named(engine, tiny_target, mix
     assert result.exit_code == 2 and "without speculative decoding" in result.output
     result, _ = run_eval(tiny_target, mixed_data, tmp_path, "http://127.0.0.1:9")  # nothing listens there
     assert result.exit_code == 2 and "is the server running?" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--data", str(mixed_data / "test.jsonl")])
+    assert result.exit_code == 2 and "give --draft DRAFT (or --server URL" in result.output
 
 
 def test_vllm_counters_sum_over_labels():
