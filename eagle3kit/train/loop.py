@@ -295,12 +295,20 @@ class Prepared:
 
 
 def rank0_first(rank: int, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on rank 0, then on the other ranks (which find its caches and downloads)."""
-    result = None
+    """``fn()`` on rank 0, then on the other ranks (which find its caches and downloads).
+
+    Every rank reaches both barriers even when its ``fn`` fails, and raises afterwards: a
+    bad file stops every rank with its message instead of leaving the others waiting."""
+    result, error = None, None
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            result = fn()
+            try:
+                result = fn()
+            except Exception as exc:  # noqa: BLE001 - raised below, after the barriers
+                error = exc
         barrier()
+    if error is not None:
+        raise error
     return result
 
 
