@@ -112,6 +112,8 @@ def test_continued_config_keeps_the_drafts_shapes_and_the_targets_positions(trai
         continued_config(start, target, [1, 2, 3], "t", "src", print)
     with pytest.raises(UserError, match="vocabulary of .* it is a draft for another model"):
         continued_config(dataclasses.replace(start, vocab_size=start.vocab_size + 1), target, None, "t", "src", print)
+    with pytest.raises(UserError, match="hidden size 256, the target's is 128; the draft reads the target's token"):
+        continued_config(dataclasses.replace(start, hidden_size=256), target, None, "t", "src", print)
     with pytest.raises(UserError, match="features of width 256 .* it is a draft for another model"):
         continued_config(dataclasses.replace(start, target_hidden_size=256), target, None, "t", "src", print)
 

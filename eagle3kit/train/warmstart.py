@@ -37,6 +37,9 @@ def continued_config(start: DraftConfig, target_config: Any, aux_layers: list[in
         raise UserError(f"--init-draft {source}: its fc takes features of width {start.target_hidden_size:,} "
                         f"(3 x {start.target_hidden_size:,}), the target's hidden size is {c.hidden_size:,}: "
                         "it is a draft for another model")
+    if start.hidden_size != c.hidden_size:
+        raise UserError(f"--init-draft {source}: hidden size {start.hidden_size:,}, the target's is {c.hidden_size:,}; "
+                        "the draft reads the target's token embeddings, so they must agree")
     aux = list(start.aux_layers) or None
     if aux and aux_layers and list(aux_layers) != aux:
         raise UserError(f"--init-draft {source} was trained on hidden states {aux}, not --aux-layers "
