@@ -564,11 +564,15 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
     draft.eval()
-    if draft.config.vocab_size != model.config.get_text_config().vocab_size:
+    text = model.config.get_text_config()
+    if draft.config.vocab_size != text.vocab_size:
         raise UserError(f"the draft was trained for a vocabulary of {draft.config.vocab_size} tokens, "
-                        f"the target {cfg.basepath!r} has {model.config.get_text_config().vocab_size}: wrong target?")
+                        f"the target {cfg.basepath!r} has {text.vocab_size}: wrong target?")
+    if text.hidden_size != draft.config.hidden_size or draft.config.target_hidden_size != text.hidden_size:
+        raise UserError(f"the draft was trained for a target of hidden size {draft.config.target_hidden_size} (its own: "
+                        f"{draft.config.hidden_size}), the target {cfg.basepath!r} has {text.hidden_size}: wrong target?")
     if not draft.config.aux_layers:
-        draft.config.aux_layers = default_aux_layers(model.config.get_text_config().num_hidden_layers)
+        draft.config.aux_layers = default_aux_layers(text.num_hidden_layers)
         ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
                 f"{draft.config.aux_layers} (EAGLE-3's default)")
     prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)

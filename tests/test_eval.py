@@ -3,6 +3,7 @@ temperature > 0, and acceptance that tells a trained draft from an untrained one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -185,3 +186,19 @@ def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, t
     assert report["identical_to_greedy"] == 3 and report["config"]["topk"] == 3
     result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7"])
     assert result.exit_code == 2 and "greedy only" in result.output
+
+
+def test_a_draft_for_another_target_is_named(trained_run, tiny_target, mixed_data, tmp_path):
+    from click.testing import CliRunner
+
+    from eagle3kit.checkpoint import load_draft, save_draft
+    from eagle3kit.cli import cli
+    from eagle3kit.train.draft import Eagle3Draft
+
+    trained = load_draft(trained_run / "best")
+    other = Eagle3Draft(dataclasses.replace(trained.config, hidden_size=64, target_hidden_size=64))
+    other.set_vocab(trained.draft_ids)
+    folder = save_draft(other, tmp_path / "other")
+    result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(folder), "--data",
+                                      str(mixed_data / "test.jsonl"), "--num-samples", "1"])
+    assert result.exit_code == 2 and "trained for a target of hidden size 64" in result.output
