@@ -4,6 +4,7 @@ way each engine reports it, checked against small fake servers with known counts
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -150,7 +151,10 @@ def test_vllm_acceptance_from_its_counters(engine, tiny_target, mixed_data, tmp_
 def test_a_server_without_speculative_decoding_is_named(engine, tiny_target, mixed_data, tmp_path):
     result, _ = run_eval(tiny_target, mixed_data, tmp_path, engine.url)
     assert result.exit_code == 2 and "without speculative decoding" in result.output
-    result, _ = run_eval(tiny_target, mixed_data, tmp_path, "http://127.0.0.1:9")  # nothing listens there
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result, _ = run_eval(tiny_target, mixed_data, tmp_path, f"http://127.0.0.1:{port}")
     assert result.exit_code == 2 and "is the server running?" in result.output
     result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--data", str(mixed_data / "test.jsonl")])
     assert result.exit_code == 2 and "give --draft DRAFT (or --server URL" in result.output
