@@ -186,16 +186,33 @@ class SpeculativeDecoder:
         self.eos = set(int(i) for i in eos_ids)
         self.target = FrozenTarget(model, draft.config.aux_layers, draft.draft_ids)
         self.embed = model.get_input_embeddings()
-        self.draft_ids = draft.draft_ids.to(next(model.parameters()).device)
+        self.device = next(model.parameters()).device
+        self.draft_ids = draft.draft_ids.to(self.device)
         self.vocab = model.get_output_embeddings().weight.shape[0]
 
-    def _target(self, ids: torch.Tensor, start: int, cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the target on new tokens at ``start..``: (features (1,m,3H), logits (m,V))."""
-        positions = torch.arange(start, start + ids.shape[-1], device=ids.device)[None]
+    def _target(self, ids: torch.Tensor, start: int, cache, positions: torch.Tensor | None = None,
+                attention_mask: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the target on new tokens at ``start..`` (or at ``positions``, under
+        ``attention_mask``; default: causal): (features (1,m,3H), logits (m,V))."""
+        if positions is None:
+            positions = torch.arange(start, start + ids.shape[-1], device=ids.device)
         with self.target.capturing() as captured:
-            out = self.model(input_ids=ids.view(1, -1), position_ids=positions, use_cache=True, **cache_kwarg(self.model, cache))
-        features = self.target.fused(captured)
-        return features, out.logits[0].float()
+            out = self.model(input_ids=ids.view(1, -1), position_ids=positions[None], attention_mask=attention_mask,
+                             use_cache=True, **cache_kwarg(self.model, cache))
+        return self.target.fused(captured), out.logits[0].float()
+
+    def _prefill(self, prompt_ids: list[int]):
+        """Read the prompt: ``(cache, first token, draft state, draft hidden states)``. The
+        draft reads (f_i, x_{i+1}) for every prompt position: the tokens shifted by one."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        ids = torch.tensor(prompt_ids, device=self.device)
+        features, logits = self._target(ids, 0, cache)
+        token = self._pick(logits[-1])
+        state = DraftState(self.draft)
+        shifted = torch.cat([ids[1:], torch.tensor([token], device=ids.device)])
+        return cache, token, state, state.forward(features, shifted, self.embed, 0)
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
@@ -218,21 +235,11 @@ class SpeculativeDecoder:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
-        from transformers import DynamicCache
-
-        device = next(self.model.parameters()).device
-        cache = DynamicCache()
-        ids = torch.tensor(prompt_ids, device=device)
-        n = ids.numel()
+        device = self.device
         start_time = time.perf_counter()
-        features, logits = self._target(ids, 0, cache)
-        token = self._pick(logits[-1])
+        cache, token, state, hidden = self._prefill(prompt_ids)
         out = [token]
-        state = DraftState(self.draft)
-        # the draft reads (f_i, x_{i+1}) for every prompt position: the tokens shifted by one
-        shifted = torch.cat([ids[1:], torch.tensor([token], device=device)])
-        hidden = state.forward(features, shifted, self.embed, 0)
-        pos = n  # next position to be written in the target cache (the position of ``token``)
+        pos = len(prompt_ids)  # next position to be written in the target cache (the position of ``token``)
         result = Decoded(tokens=out, passes=0)
         while len(out) < max_new_tokens and token not in self.eos:
             # propose a chain: draft positions pos-1+j, j = 0..steps-1
@@ -384,19 +391,11 @@ class TreeDecoder(SpeculativeDecoder):
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
-        from transformers import DynamicCache
-
-        device = next(self.model.parameters()).device
-        cache = DynamicCache()
-        ids = torch.tensor(prompt_ids, device=device)
-        n = ids.numel()
+        device = self.device
         start_time = time.perf_counter()
-        features, logits = self._target(ids, 0, cache)
-        token = self._pick(logits[-1])
+        cache, token, state, hidden = self._prefill(prompt_ids)
         out = [token]
-        state = DraftState(self.draft)
-        hidden = state.forward(features, torch.cat([ids[1:], torch.tensor([token], device=device)]), self.embed, 0)
-        pos, pending = n, [token]  # committed cache length; tokens at pos.. not in the target cache yet
+        pos, pending = len(prompt_ids), [token]  # committed cache length; tokens at pos.. not in the target cache yet
         result = Decoded(tokens=out, passes=0)
         while len(out) < max_new_tokens and out[-1] not in self.eos:
             p = len(pending)  # the draft has read up to position pos + p - 2 (its last hidden: pos + p - 2)
@@ -459,11 +458,7 @@ class TreeDecoder(SpeculativeDecoder):
         for kind, w in windows.items():
             a = allowed if w is None else allowed & (q_positions[:, None] - k_positions[None, :] < w)
             masks[kind] = self.target.dense_mask(a)
-        mask = masks[None] if None in masks else masks
-        with self.target.capturing() as captured:
-            out = self.model(input_ids=ids.view(1, -1), position_ids=q_positions[None], attention_mask=mask,
-                             use_cache=True, **cache_kwarg(self.model, cache))
-        return self.target.fused(captured), out.logits[0].float()
+        return self._target(ids, 0, cache, q_positions, masks[None] if None in masks else masks)
 
 
 @torch.no_grad()
@@ -606,7 +601,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
 
     report = summarize(spec, cfg.steps)
     report.update({
-        "config": asdict(cfg),
+        "tree_size": size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""),
         "prompts": len(prompts),
@@ -620,12 +615,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         report["speedup"] = report["spec_tokens_per_s"] / report["baseline_tokens_per_s"]
         if cfg.temperature == 0:
             report["identical_to_greedy"] = sum(a.tokens == b.tokens for a, b in zip(spec, base))
-    _print_report(ui, report, cfg)
-    if cfg.json_path:
-        from eagle3kit.atomic import atomic_write_text
-
-        atomic_write_text(cfg.json_path, json.dumps(report, indent=2) + "\n")
-    return report
+    return _finish(ui, report, cfg)
 
 
 def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
@@ -637,7 +627,12 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk "
                 "and --num-draft-tokens are ignored")
     prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
-    report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature, cfg.timeout, ui)
+    return _finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature,
+                                         cfg.timeout, ui), cfg)
+
+
+def _finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """Add the configuration to ``report``, print it, write it to ``--json``; return it."""
     report["config"] = asdict(cfg)
     _print_report(ui, report, cfg)
     if cfg.json_path:
@@ -658,8 +653,8 @@ def _print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
     low, high = report["tau_ci95"]
     if report.get("engine"):
         how = f"as the {report['engine']} server at {report['server']} drafts"
-    elif tree_size(cfg):
-        how = f"trees of {tree_size(cfg)} tokens (top-{cfg.topk}, {cfg.steps} levels)"
+    elif report.get("tree_size"):
+        how = f"trees of {report['tree_size']} tokens (top-{cfg.topk}, {cfg.steps} levels)"
     else:
         how = f"{cfg.steps} draft tokens per pass"
     table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}")

@@ -27,20 +27,20 @@ def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_token
     return f"vllm serve {where}"
 
 
-def _drafting(cfg: dict[str, Any]) -> str:
-    steps, topk = cfg.get("steps", "?"), cfg.get("topk", 1) or 1
-    if topk == 1 and cfg.get("num_draft_tokens") in (None, (steps + 1) if isinstance(steps, int) else None):
-        return f"chains of {steps} draft tokens"
-    size = cfg.get("num_draft_tokens") or (min(1 + topk * steps, 64) if isinstance(steps, int) else "?")
-    return f"trees of {size} tokens, top-{topk}, {steps} levels"
+def _drafting(report: dict[str, Any]) -> str:
+    cfg = report.get("config", {})
+    if report.get("engine"):
+        return f"as a {report['engine']} server drafts"
+    if report.get("tree_size"):
+        return f"trees of {report['tree_size']} tokens, top-{cfg.get('topk')}, {cfg.get('steps')} levels"
+    return f"chains of {cfg.get('steps', '?')} draft tokens"
 
 
 def _eval_section(report: dict[str, Any]) -> list[str]:
     cfg = report.get("config", {})
     low, high = report.get("tau_ci95", [float("nan")] * 2)
     lines = ["## Acceptance", "",
-             f"Measured with `eagle3kit eval` (real speculative decoding, "
-             f"{'as a ' + report['engine'] + ' server drafts' if report.get('engine') else _drafting(cfg)}, temperature "
+             f"Measured with `eagle3kit eval` (real speculative decoding, {_drafting(report)}, temperature "
              f"{cfg.get('temperature', '?')}) on {report.get('prompts', '?')} prompts of "
              f"`{cfg.get('data_path', '?')}`, {report.get('device', '?')}, {report.get('dtype', '?')}:", "",
              "| acceptance length tau (95% CI) | speed-up over plain decoding | identical to greedy |",
