@@ -173,7 +173,8 @@ def load_draft(path: str | Path, device=None, dtype=None):
     folder is ignored (the target's is used); a missing ``t2d`` is rebuilt from ``d2t``."""
     import torch
 
-    from eagle3kit.export.folder import _canonical, read_folder
+    from eagle3kit.export.folder import read_folder
+    from eagle3kit.export.write import _normalised_tensors
     from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 
     folder = read_folder(path)
@@ -183,18 +184,12 @@ def load_draft(path: str | Path, device=None, dtype=None):
         draft = Eagle3Draft(DraftConfig.from_dict(saved or draft_config_from_servable(config)))
     except (KeyError, TypeError) as error:
         raise UserError(f"{folder.path / CONFIG}: not an EAGLE-3 draft config (missing {error})") from None
-    state = {}
-    for key, value in folder.tensors.items():
-        name = _canonical(key)[0]
-        if not name.startswith("embed_tokens."):
-            state[name] = value
     c = draft.config
-    if "d2t" not in state and c.draft_vocab_size == c.vocab_size:
+    tensors, _ = _normalised_tensors(folder, c.vocab_size)  # trainer's names, d2t int64, t2d rebuilt from d2t
+    state = {k: v for k, v in tensors.items() if not k.startswith("embed_tokens.")}
+    if "d2t" not in state and c.draft_vocab_size == c.vocab_size:  # a full-vocabulary draft: the identity
         state["d2t"] = torch.zeros(c.draft_vocab_size, dtype=torch.long)
-    if "t2d" not in state and "d2t" in state:
-        t2d = torch.zeros(c.vocab_size, dtype=torch.bool)
-        t2d[torch.arange(state["d2t"].numel()) + state["d2t"].long()] = True
-        state["t2d"] = t2d
+        state.setdefault("t2d", torch.ones(c.vocab_size, dtype=torch.bool))
     expected = dict(draft.state_dict())
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
