@@ -272,10 +272,14 @@ def regenerate(**options):
 @click.option("--no-baseline", is_flag=True, help="Skip plain greedy decoding (no speed-up figure).")
 @click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tree drafting: each level expands the K best candidates, K children each (SGLang's "
-                   "--speculative-eagle-topk). 1: a chain. Greedy only.")
+                   "--speculative-eagle-topk). 1: a chain.")
 @click.option("--num-draft-tokens", type=click.IntRange(min=2), default=None,
               help="Tree nodes the target checks per pass, root included (SGLang's --speculative-num-draft-tokens). "
                    "Default: steps + 1 for a chain, else 1 + topk x steps, at most 64.")
+@click.option("--acceptance", type=click.Choice(["rejection", "target-only"]), default=None,
+              help="The rule at temperature > 0. rejection: the draft samples its proposals, the textbook rule "
+                   "(chains; the default for them). target-only: the draft's top tokens, each taken with the "
+                   "target's probability, as SGLang and vLLM verify (trees; what a server will get).")
 def eval_(**options):
     """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up
     (or, with --server, what a running SGLang or vLLM server's draft gets on the same prompts)."""

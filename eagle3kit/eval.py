@@ -8,15 +8,22 @@ is kept. The draft then re-reads the accepted positions with the target's true f
 
 * Greedy (temperature 0): a proposal is accepted iff it is the target's argmax, so the
   output is token for token the target's greedy output (lossless).
-* Trees (``--topk`` > 1, greedy; :class:`TreeDecoder`): the draft grows a tree the way
-  SGLang does with ``--speculative-eagle-topk``, the target checks its best
-  ``--num-draft-tokens`` nodes in one pass under a tree mask, the longest agreeing path
+* Trees (``--topk`` > 1; :class:`TreeDecoder`): the draft grows a tree the way SGLang
+  does with ``--speculative-eagle-topk``, the target checks its best
+  ``--num-draft-tokens`` nodes in one pass under a tree mask, the longest accepted path
   is kept. Chains are what the EAGLE-3 training objective measures; trees are how the
   paper's and the engines' acceptance lengths are usually reported.
-* Sampling: the standard rejection rule (:func:`accept_chain`): accept d_i with
-  probability min(1, p_i(d_i) / q_i(d_i)), else sample from norm(max(0, p_i - q_i)) and
-  stop; after a full acceptance sample the bonus token from p_{s+1}. The output follows
-  the target's distribution exactly.
+* Sampling, two rules (``--acceptance``), both exact (the output follows the target's
+  distribution):
+
+  - ``rejection``, chains only (:func:`accept_chain`): the draft samples its proposals;
+    accept d_i with probability min(1, p_i(d_i) / q_i(d_i)), else sample from
+    norm(max(0, p_i - q_i)) and stop; after a full acceptance sample the bonus token
+    from p_{s+1}. The textbook rule, and the default for a chain.
+  - ``target-only`` (:func:`accept_tree`): the draft proposes its top-k tokens and the
+    target takes each with its own probability p(d). This is how SGLang (any tree) and
+    vLLM (EAGLE chains) verify at temperature > 0, so it measures what a server gets;
+    it is the rule for trees.
 
 Reported: mean acceptance length tau (tokens per target verification pass, the EAGLE-3
 paper's figure) with a bootstrap 95% interval over prompts, the acceptance rate at each
@@ -51,7 +58,8 @@ class EvalConfig:
     dtype: str = "auto"
     json_path: str | None = None
     no_baseline: bool = False
-    topk: int = 1  # > 1: tree drafting, as SGLang's --speculative-eagle-topk (greedy only)
+    topk: int = 1  # > 1: tree drafting, as SGLang's --speculative-eagle-topk
+    acceptance: str | None = None  # at temperature > 0: rejection (chains) | target-only; None: rejection for a chain
     server: str | None = None  # measure a running SGLang / vLLM server instead (eagle3kit.eval_server)
     engine: str = "auto"  # sglang | vllm | auto
     timeout: float = 600.0  # seconds per server request
@@ -59,16 +67,29 @@ class EvalConfig:
 
 
 def tree_size(cfg: EvalConfig) -> int | None:
-    """Tokens per verification pass of tree drafting (root included), or None for a chain."""
-    if cfg.topk == 1 and cfg.num_draft_tokens in (None, cfg.steps + 1):
+    """Tokens per verification pass of tree drafting (root included), or None for a chain
+    decoded with :class:`SpeculativeDecoder` (a chain verified by the target-only rule is
+    a one-wide tree: ``steps + 1``)."""
+    chain = cfg.topk == 1 and cfg.num_draft_tokens in (None, cfg.steps + 1)
+    sampled = cfg.temperature > 0
+    if cfg.acceptance not in (None, "rejection", "target-only"):
+        raise UserError(f"--acceptance {cfg.acceptance!r}: rejection or target-only")
+    if chain and not (sampled and cfg.acceptance == "target-only"):
         return None
     size = cfg.num_draft_tokens or min(1 + cfg.topk * cfg.steps, 64)
     if size < 2:
         raise UserError(f"--num-draft-tokens {size}: at least 2 (the root and one draft token)")
-    if cfg.temperature > 0:
-        raise UserError("tree drafting (--topk > 1 or --num-draft-tokens) is greedy only; use --temperature 0, "
-                        "or --topk 1 to sample")
+    if sampled and cfg.acceptance == "rejection":
+        raise UserError("--acceptance rejection needs sampled proposals, one chain: a tree proposes the draft's top-k "
+                        "tokens, which only the target-only rule verifies exactly; drop --acceptance, or use --topk 1")
     return size
+
+
+def acceptance_rule(cfg: EvalConfig) -> str:
+    """The acceptance rule a run uses: greedy, rejection or target-only."""
+    if cfg.temperature == 0:
+        return "greedy"
+    return "rejection" if tree_size(cfg) is None else "target-only"
 
 
 # ------------------------------------------------------------------ the acceptance rule
@@ -98,6 +119,54 @@ def accept_chain(draft_tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, g
     dist = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p_next)
     next_token = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
     return accepted, next_token
+
+
+def accept_tree(p: torch.Tensor, children: torch.Tensor, tokens: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target-only verification of a draft tree, batched over B independent walks of one tree.
+
+    ``p`` (B, R, V): the target's distribution after each tree row (row 0: the root, the
+    last committed token; row r: after the path to r); ``children`` (R, C): the child rows
+    of each row, in the order they are tried, -1 padded; ``tokens`` (R,): each row's token
+    (row 0's unused). From the root, one uniform u per level: the first child whose
+    cumulative target probability exceeds u is accepted and the walk goes on from it, so
+    each child token d is taken with probability p(d). If none is, the next token is drawn
+    from p with the children's tokens removed, which makes the output follow p exactly
+    whatever the draft proposed. (SGLang's target-only tree sampling with thresholds 1;
+    one child per row is vLLM's rule for drafts without probabilities.) A one-hot ``p``
+    (temperature 0) gives the greedy walk: the target's argmax or nothing.
+
+    Returns ``(path (B, R-1), next_token (B,))``: the accepted rows in order, -1 padded,
+    and the token that follows them.
+    """
+    b, r, v = p.shape
+    batch = torch.arange(b, device=p.device)
+    padded = torch.cat([tokens.to(p.device), tokens.new_tensor([v]).to(p.device)])  # row -1: a token of no mass
+    cur = torch.zeros(b, dtype=torch.long, device=p.device)
+    path = torch.full((b, max(r - 1, 1)), -1, dtype=torch.long, device=p.device)
+    next_token = torch.zeros(b, dtype=torch.long, device=p.device)
+    walking = torch.ones(b, dtype=torch.bool, device=p.device)
+    for depth in range(r):
+        kids = children.to(p.device)[cur]  # (B, C)
+        kid_tokens = padded[kids]  # -1 wraps to the no-mass token
+        dist = torch.nn.functional.pad(p[batch, cur], (0, 1))  # (B, V + 1), the last column empty
+        cum = dist.gather(1, kid_tokens).cumsum(1)
+        u = torch.rand(b, 1, generator=generator, device=p.device)
+        hit = (u < cum) & (kids >= 0)
+        took = hit.any(1) & walking
+        chosen = kids[batch, hit.long().argmax(1)]
+        stop = walking & ~took
+        if stop.any():
+            residual = dist[stop].scatter(1, kid_tokens[stop], 0.0)[:, :v]
+            empty = residual.sum(1, keepdim=True) <= 0  # rounding left no mass outside the children
+            residual = torch.where(empty, dist[stop, :v], residual)
+            next_token[stop] = torch.multinomial(residual, 1, generator=generator).squeeze(1)
+            walking &= ~stop
+        if not walking.any():
+            break
+        path[took, depth] = chosen[took]
+        cur = torch.where(took, chosen, cur)
+    return path, next_token
 
 
 def accept_greedy(draft_tokens: torch.Tensor, target_argmax: torch.Tensor) -> tuple[int, int]:
@@ -300,23 +369,26 @@ class _Node:
 
 
 class TreeDecoder(SpeculativeDecoder):
-    """Greedy tree speculative decoding, as SGLang serves EAGLE-3 with ``--speculative-eagle-topk``.
+    """Tree speculative decoding, as SGLang serves EAGLE-3 with ``--speculative-eagle-topk``.
 
     The draft grows a tree ``steps`` levels deep: every level expands the ``topk`` best
     candidates so far (by the draft's cumulative log-probability), each into its ``topk``
     best children; the ``num_draft_tokens - 1`` best candidates of the whole tree go to
     the target, which checks all of them in one forward pass under a tree mask (each
-    node sees the context and its own ancestors). The longest path whose every token is
-    the target's argmax is kept, plus the target's next token: the output is the
-    target's greedy output, token for token.
+    node sees the context and its own ancestors). :func:`accept_tree` walks the tree
+    from the root, trying each node's children best first: greedy, the path whose every
+    token is the target's argmax, and the output is the target's greedy output token for
+    token; sampling, the target-only rule, and the output follows the target's
+    distribution. ``topk=1`` with ``steps + 1`` tokens is a chain verified that way.
 
     The target's cache keeps only the committed context: the tokens accepted in a pass are
     read again at the start of the next pass (a few tokens more in that pass), so the
     cache is only ever cropped, which every cache layout supports.
     """
 
-    def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], topk: int, num_draft_tokens: int) -> None:
-        super().__init__(model, draft, steps, eos_ids, temperature=0.0)
+    def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], topk: int, num_draft_tokens: int,
+                 temperature: float = 0.0, generator: torch.Generator | None = None) -> None:
+        super().__init__(model, draft, steps, eos_ids, temperature, generator)
         self.topk, self.num_draft_tokens = topk, num_draft_tokens
         self.target_id = self.draft_ids.tolist()  # draft id -> target id, on the host (no sync per candidate)
 
@@ -419,15 +491,7 @@ class TreeDecoder(SpeculativeDecoder):
             k_positions = torch.cat([torch.arange(pos, device=device), q_positions])
             verify = torch.tensor(pending + [nodes[i].token for i in chosen], device=device)
             features, logits = self._target_masked(verify, q_positions, k_positions, allowed, cache)
-            argmax = logits.argmax(-1).tolist()
-            path, parent, row = [], -1, p - 1  # walk down from the root (the last pending token)
-            while True:
-                nxt = argmax[row]
-                child = next((i for i in chosen if nodes[i].parent == parent and nodes[i].token == nxt), None)
-                if child is None:
-                    break
-                path.append(child)
-                parent, row = child, row_of[child]
+            path, nxt = self._walk(nodes, chosen, logits[[p - 1] + [row_of[i] for i in chosen]])
             result.passes += 1
             result.accepted.append(len(path))
             new = [nodes[i].token for i in path] + [nxt]
@@ -448,6 +512,23 @@ class TreeDecoder(SpeculativeDecoder):
         result.tokens = out[:max_new_tokens]
         result.seconds = time.perf_counter() - start_time
         return result
+
+    def _walk(self, nodes: list[_Node], chosen: list[int], logits: torch.Tensor) -> tuple[list[int], int]:
+        """:func:`accept_tree` on the verified tree: ``logits`` (1 + len(chosen), V) are the
+        target's at the root and at each chosen node. Returns the accepted nodes and the next token."""
+        tree_row = {-1: 0} | {i: r for r, i in enumerate(chosen, 1)}
+        kids: list[list[int]] = [[] for _ in range(len(chosen) + 1)]
+        for i in sorted(chosen, key=lambda i: -nodes[i].score):  # the draft's best child first
+            kids[tree_row[nodes[i].parent]].append(tree_row[i])
+        width = max(len(k) for k in kids)
+        children = torch.tensor([k + [-1] * (width - len(k)) for k in kids], dtype=torch.long).view(len(kids), width)
+        tokens = torch.tensor([0] + [nodes[i].token for i in chosen], dtype=torch.long)
+        if self.temperature == 0:
+            dist = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        else:
+            dist = self._probs(logits)
+        path, nxt = accept_tree(dist[None], children, tokens, self.generator)
+        return [chosen[r - 1] for r in path[0].tolist() if r > 0], int(nxt[0])
 
     def _target_masked(self, ids: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor,
                        allowed: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -577,7 +658,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if size is None:
         decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
     else:
-        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size)
+        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size, cfg.temperature, gen)
 
     # warm up kernels and allocator once, outside the timings
     decoder.generate(prompts[0], min(8, cfg.max_new_tokens))
@@ -602,6 +683,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     report = summarize(spec, cfg.steps)
     report.update({
         "tree_size": size,
+        "acceptance_rule": acceptance_rule(cfg),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""),
         "prompts": len(prompts),
@@ -623,9 +705,9 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
     from eagle3kit.eval_server import served_acceptance
     from eagle3kit.train.target import load_tokenizer
 
-    if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path:
-        ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk "
-                "and --num-draft-tokens are ignored")
+    if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path or cfg.acceptance:
+        ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
+                "--num-draft-tokens and --acceptance are ignored")
     prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
     return _finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature,
                                          cfg.timeout, ui), cfg)
@@ -653,11 +735,12 @@ def _print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
     low, high = report["tau_ci95"]
     if report.get("engine"):
         how = f"as the {report['engine']} server at {report['server']} drafts"
-    elif report.get("tree_size"):
+    elif report.get("tree_size") and cfg.topk > 1:
         how = f"trees of {report['tree_size']} tokens (top-{cfg.topk}, {cfg.steps} levels)"
     else:
         how = f"{cfg.steps} draft tokens per pass"
-    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}")
+    rule = f" ({report['acceptance_rule']} acceptance)" if report.get("acceptance_rule") not in (None, "greedy") else ""
+    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}{rule}")
     table.add_column("draft position", justify="right")
     table.add_column("acceptance rate (given the previous)", justify="right")
     table.add_column("reached", justify="right")

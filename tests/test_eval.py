@@ -14,6 +14,7 @@ from eagle3kit.eval import (
     TreeDecoder,
     accept_chain,
     accept_greedy,
+    accept_tree,
     end_of_turn_ids,
     plain_decode,
     prompts_from_data,
@@ -57,6 +58,92 @@ def test_rejection_sampling_keeps_the_target_distribution_exactly():
     torch.testing.assert_close(cond, p2.double(), atol=1.5e-2, rtol=0)
     # and a wrong rule would fail: accepting every proposal gives the draft's distribution
     assert (torch.bincount(d1, minlength=v).double() / n - p1).abs().max() > 0.2
+
+
+# a tree of 7 rows over a 5-token vocabulary: the root (row 0) proposes 2, 0, 4 (rows 1-3);
+# row 1 proposes 1, 2 (rows 4, 5); row 2 proposes 3 (row 6)
+TREE_CHILDREN = torch.tensor([[1, 2, 3], [4, 5, -1], [6, -1, -1]] + [[-1, -1, -1]] * 4)
+TREE_TOKENS = torch.tensor([0, 2, 0, 4, 1, 2, 3])
+
+
+def _walks(path: torch.Tensor, nxt: torch.Tensor) -> list[list[int]]:
+    return [[int(TREE_TOKENS[r]) for r in row if r > 0] + [int(t)] for row, t in zip(path.tolist(), nxt.tolist())]
+
+
+def test_target_only_tree_acceptance_keeps_the_target_distribution_exactly():
+    """Every row's children are taken with the target's probability, the residual without
+    them: the first, second and third tokens follow the target's distributions at the
+    rows they come after, whatever the tree proposed."""
+    v, n = 5, 300_000
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(7, v, generator=g) * 1.5, -1)
+    path, nxt = accept_tree(p.expand(n, 7, v), TREE_CHILDREN, TREE_TOKENS, g)
+    assert path.shape == (n, 6) and (path[:, 3:] == -1).all()  # the tree is 2 deep
+    first = torch.where(path[:, 0] > 0, TREE_TOKENS[path[:, 0].clamp_min(0)], nxt)
+    torch.testing.assert_close(torch.bincount(first, minlength=v).double() / n, p[0].double(), atol=4e-3, rtol=0)
+    # the walk goes on exactly when the first token is one of the root's children, with that probability
+    torch.testing.assert_close((path[:, 0] > 0).double().mean(), p[0, [2, 0, 4]].sum().double(), atol=4e-3, rtol=0)
+    assert set(path[:, 0].unique().tolist()) == {-1, 1, 2, 3}
+    # the second token after each child: that child's row (row 3 is a leaf: sampled from p[3] as it is)
+    second = torch.where(path[:, 1] > 0, TREE_TOKENS[path[:, 1].clamp_min(0)], nxt)
+    for row in (1, 2, 3):
+        at = path[:, 0] == row
+        freq = torch.bincount(second[at], minlength=v).double() / int(at.sum())
+        torch.testing.assert_close(freq, p[row].double(), atol=1.2e-2, rtol=0)
+    # the third token after 2, 1 (rows 1, 4): row 4's distribution
+    at = path[:, 1] == 4
+    freq = torch.bincount(nxt[at], minlength=v).double() / int(at.sum())
+    torch.testing.assert_close(freq, p[4].double(), atol=2e-2, rtol=0)
+
+
+def test_target_only_acceptance_of_a_one_hot_target_is_the_greedy_walk():
+    """Temperature 0 (one-hot rows): the path of argmax children, then the argmax."""
+    argmax = torch.tensor([0, 1, 3, 3, 4, 4, 1])  # root -> 0 (row 2) -> 3 (row 6) -> 1
+    dist = torch.nn.functional.one_hot(argmax, 5).float()
+    path, nxt = accept_tree(dist[None], TREE_CHILDREN, TREE_TOKENS)
+    assert _walks(path, nxt) == [[0, 3, 1]] and path[0, :2].tolist() == [2, 6]
+    argmax[0] = 1  # no child of the root is the argmax: the root's argmax, nothing accepted
+    path, nxt = accept_tree(torch.nn.functional.one_hot(argmax, 5).float()[None], TREE_CHILDREN, TREE_TOKENS)
+    assert _walks(path, nxt) == [[1]]
+
+
+def test_sampled_trees_decode_a_target_s_distribution():
+    """End to end at temperature 1 with a tiny random target: the second and third tokens
+    of many tree-decoded continuations are distributed as the target says (exact
+    probabilities from the target itself), and so are the chain's (target-only rule)."""
+    import transformers
+
+    from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+
+    v = 12
+    config = transformers.LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # spread, but not flat, next-token distributions
+    draft = Eagle3Draft(DraftConfig.from_target(model.config, v, [0, 1, 2])).eval()
+    draft.set_vocab(torch.arange(v))
+    prompt = [3, 7, 1]
+    with torch.no_grad():
+        p1 = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double(), -1)
+        two = torch.tensor([prompt + [a] for a in range(v)])
+        p2 = torch.softmax(model(two).logits[:, -1].double(), -1)  # (x1, x2)
+        three = torch.tensor([prompt + [a, b] for a in range(v) for b in range(v)])
+        p3 = torch.softmax(model(three).logits[:, -1].double(), -1).view(v, v, v)
+    exact2 = p1 @ p2
+    exact3 = torch.einsum("a,ab,abc->c", p1, p2, p3)
+    assert (exact2 - torch.full((v,), 1 / v, dtype=torch.double)).abs().max() > 0.05  # not flat
+    n = 1500
+    for topk, size in ((3, 7), (1, 4)):
+        g = torch.Generator().manual_seed(topk)
+        decoder = TreeDecoder(model, draft, steps=3, eos_ids=[], topk=topk, num_draft_tokens=size, temperature=1.0,
+                              generator=g)
+        outs = torch.tensor([decoder.generate(prompt, 3).tokens for _ in range(n)])
+        for column, exact in ((1, exact2), (2, exact3)):
+            freq = torch.bincount(outs[:, column], minlength=v).double() / n
+            torch.testing.assert_close(freq, exact, atol=0.04, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +260,26 @@ def test_tree_drafting_is_lossless_and_accepts_more_than_a_chain(trained_run, ta
     assert summarize(tree, 5)["tau"] > summarize(chain, 5)["tau"] + 0.1  # more candidates, longer accepted runs
 
 
+def test_tree_sampling_near_temperature_zero_is_greedy_and_sampling_accepts_drafts(trained_run, target_and_prompts):
+    """The sampled walk uses the right row for every node: at a temperature so low the
+    target is one-hot it gives greedy's output; at 0.7 a trained draft still gets long
+    accepted runs, from trees and from target-only chains."""
+    from eagle3kit.checkpoint import load_draft
+
+    model, tokenizer, prompts = target_and_prompts
+    eos = end_of_turn_ids(tokenizer)
+    draft = load_draft(trained_run / "latest" / "draft").eval()
+    g = torch.Generator().manual_seed(0)
+    cold = TreeDecoder(model, draft, 5, eos, topk=4, num_draft_tokens=16, temperature=1e-6, generator=g)
+    for ids in prompts[:4]:
+        assert cold.generate(ids, 32).tokens == plain_decode(model, ids, 32, eos).tokens
+    for topk, size in ((4, 16), (1, 6)):
+        warm = TreeDecoder(model, draft, 5, eos, topk=topk, num_draft_tokens=size, temperature=0.7, generator=g)
+        runs = [warm.generate(ids, 32) for ids in prompts[:6]]
+        assert all(1 <= len(r.tokens) <= 32 for r in runs)
+        assert summarize(runs, 5)["tau"] > 2.0
+
+
 def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, tmp_path):
     from click.testing import CliRunner
 
@@ -184,8 +291,17 @@ def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, t
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["identical_to_greedy"] == 3 and report["config"]["topk"] == 3
-    result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7"])
-    assert result.exit_code == 2 and "greedy only" in result.output
+    result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7", "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["acceptance_rule"] == "target-only" and report["tree_size"] == 10 and "identical_to_greedy" not in report
+    assert "target-only acceptance" in result.output
+    result = CliRunner().invoke(cli, args + ["--temperature", "0.7", "--acceptance", "target-only", "--json",
+                                             str(tmp_path / "c.json")])
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert result.exit_code == 0 and report["acceptance_rule"] == "target-only" and report["tree_size"] == 4
+    result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7", "--acceptance", "rejection"])
+    assert result.exit_code == 2 and "sampled proposals" in result.output
 
 
 def test_a_draft_for_another_target_is_named(trained_run, tiny_target, mixed_data, tmp_path):

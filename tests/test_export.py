@@ -690,3 +690,15 @@ def test_export_writes_a_model_card_and_pushes_it_to_the_hub(draft_dir, tmp_path
     result = invoke("export", str(draft_dir), "--to", "vllm", "--out", str(tmp_path / "w"), "--eval-report",
                     str(tmp_path / "bad.json"))
     assert result.exit_code == 2 and "not an `eagle3kit eval --json` report" in result.stderr
+
+
+def test_the_model_card_says_how_acceptance_was_measured():
+    from eagle3kit.export.card import _drafting
+
+    chain = {"config": {"steps": 5, "topk": 1}, "tree_size": None, "acceptance_rule": "greedy"}
+    assert _drafting(chain) == "chains of 5 draft tokens"
+    sampled = {"config": {"steps": 5, "topk": 1}, "tree_size": 6, "acceptance_rule": "target-only"}
+    assert _drafting(sampled) == "chains of 5 draft tokens, target-only acceptance"
+    tree = {"config": {"steps": 5, "topk": 4}, "tree_size": 16, "acceptance_rule": "target-only"}
+    assert _drafting(tree) == "trees of 16 tokens, top-4, 5 levels, target-only acceptance"
+    assert _drafting({"engine": "sglang"}) == "as a sglang server drafts"

@@ -31,9 +31,11 @@ def _drafting(report: dict[str, Any]) -> str:
     cfg = report.get("config", {})
     if report.get("engine"):
         return f"as a {report['engine']} server drafts"
-    if report.get("tree_size"):
-        return f"trees of {report['tree_size']} tokens, top-{cfg.get('topk')}, {cfg.get('steps')} levels"
-    return f"chains of {cfg.get('steps', '?')} draft tokens"
+    rule = report.get("acceptance_rule")
+    rule = f", {rule} acceptance" if rule not in (None, "greedy") else ""
+    if report.get("tree_size") and cfg.get("topk", 1) > 1:
+        return f"trees of {report['tree_size']} tokens, top-{cfg.get('topk')}, {cfg.get('steps')} levels{rule}"
+    return f"chains of {cfg.get('steps', '?')} draft tokens{rule}"
 
 
 def _eval_section(report: dict[str, Any]) -> list[str]:

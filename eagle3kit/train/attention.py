@@ -121,8 +121,16 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, ret
     if q.is_cuda and _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     fn = _compiled_flex if q.is_cuda else flex_attention
-    return fn(q, k, v, block_mask=block_mask, score_mod=score_mod, enable_gqa=k.shape[1] != q.shape[1],
-              return_lse=return_lse, scale=scale)
+    kwargs: dict[str, Any] = dict(block_mask=block_mask, score_mod=score_mod, enable_gqa=k.shape[1] != q.shape[1],
+                                  scale=scale)
+    if not return_lse:
+        return fn(q, k, v, **kwargs)
+    try:  # torch >= 2.9 asks for the log-sum-exp this way (return_lse is deprecated)
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return fn(q, k, v, return_lse=True, **kwargs)
+    out, aux = fn(q, k, v, return_aux=AuxRequest(lse=True), **kwargs)
+    return out, aux.lse
 
 
 def flex_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
