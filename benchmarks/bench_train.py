@@ -111,7 +111,9 @@ def main(argv=None) -> int:
 
     from eagle3kit.train.attention import PackedMask, default_backend
     from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-    from eagle3kit.train.loop import DraftTrainer, TrainConfig, init_distributed, load_ds_config
+    from eagle3kit.train.distributed import init_distributed
+    from eagle3kit.train.ds_config import load_ds_config
+    from eagle3kit.train.loop import DraftTrainer, TrainConfig
     from eagle3kit.train.target import FrozenTarget
 
     rank, world, local, device = init_distributed()

@@ -1,6 +1,6 @@
 """The DeepSpeed set-up of ``eagle3kit train``: the config handed to the engine (the packaged
 default with its ``"auto"`` values filled, torch's AdamW by default, the settings it cannot
-train with refused), and rank 0 going first without leaving the others waiting on an error."""
+train with refused)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from eagle3kit.errors import UserError
-from eagle3kit.train.loop import DEFAULT_DS_CONFIG, TrainConfig, load_ds_config
+from eagle3kit.train.ds_config import DEFAULT_DS_CONFIG, load_ds_config
+from eagle3kit.train.loop import TrainConfig
 
 
 def test_packaged_config_is_filled_from_the_options(monkeypatch):
@@ -54,22 +55,3 @@ def test_configs_it_cannot_train_with_are_refused(tmp_path, config, message):
         load_ds_config(write(tmp_path, config), TrainConfig(), bf16=False)
     with pytest.raises(UserError, match="cannot read it"):
         load_ds_config(str(tmp_path / "missing.json"), TrainConfig(), bf16=False)
-
-
-def test_rank0_first_reaches_every_barrier_before_raising(monkeypatch):
-    from eagle3kit.train import loop
-
-    calls = []
-    monkeypatch.setattr(loop, "barrier", lambda: calls.append("barrier"))
-
-    def fails():
-        calls.append("run")
-        raise UserError("bad file")
-
-    for rank in (0, 1):
-        calls.clear()
-        with pytest.raises(UserError, match="bad file"):
-            loop.rank0_first(rank, fails)
-        assert calls == (["run", "barrier", "barrier"] if rank == 0 else ["barrier", "run", "barrier"])
-    calls.clear()
-    assert loop.rank0_first(0, lambda: 7) == 7 and calls == ["barrier", "barrier"]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from train_fixtures import TRAIN_ARGS, run_cli
 
 from eagle3kit.checkpoint import REQUIRED_KEYS, load_draft
-from eagle3kit.train.loop import _param_digest
+from eagle3kit.train.run_folder import param_digest
 
 
 def summary(savedir: Path, rank: int = 0) -> dict:
@@ -52,7 +52,7 @@ def test_saved_draft_is_servable_and_reloads_exactly(trained_run):
     assert tensors["d2t"].dtype == torch.int64 and tensors["t2d"].dtype == torch.bool
     assert int(tensors["t2d"].sum()) == config["draft_vocab_size"]
     reloaded = load_draft(draft_dir)
-    assert _param_digest(reloaded) == s["param_digest"]
+    assert param_digest(reloaded) == s["param_digest"]
 
 
 def _train_args(tiny_target, mixed_data, savedir, cache):

@@ -1,9 +1,12 @@
-"""The training recipe: DeepSpeed engine over the draft, schedule, logging, evaluation,
-checkpoints and exact resume. ``eagle3kit train`` calls :func:`train`.
+"""The training recipe: the draft under a DeepSpeed engine, the frozen target beside it,
+evaluation, checkpoints and exact resume. ``eagle3kit train`` calls :func:`train`.
 
-One process per GPU (the ``deepspeed`` launcher, or ``torchrun``); without a launcher a
-single process. Each rank trains on its own shard of the packed micro-batches; DeepSpeed
-averages gradients. The frozen target lives outside the engine, on every rank.
+Each rank trains on its own shard of the packed micro-batches; DeepSpeed averages
+gradients. The frozen target lives outside the engine, on every rank. The parts it
+drives live beside it: :mod:`~eagle3kit.train.distributed` (processes),
+:mod:`~eagle3kit.train.ds_config` (DeepSpeed configuration and schedule),
+:mod:`~eagle3kit.train.run_folder` (checkpoints, pointers, resume state) and
+:mod:`~eagle3kit.train.report` (wandb / tensorboard, the final table).
 """
 
 from __future__ import annotations
@@ -11,23 +14,19 @@ from __future__ import annotations
 import faulthandler
 import hashlib
 import json
-import math
-import os
 import random
-import shutil
 import signal
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text
-from eagle3kit.checkpoint import WEIGHTS, load_draft, save_draft
+from eagle3kit.checkpoint import load_draft, save_draft
 from eagle3kit.errors import UserError
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import (
@@ -39,15 +38,28 @@ from eagle3kit.train.data import (
     pack,
     shard_bins,
 )
+from eagle3kit.train.distributed import all_reduce_sum, init_distributed, rank0_first
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+from eagle3kit.train.ds_config import load_ds_config, lr_lambda
+from eagle3kit.train.report import Reporter, final_table
+from eagle3kit.train.run_folder import (
+    BEST,
+    LATEST,
+    Progress,
+    check_resumed_vocab,
+    gather_rng,
+    point,
+    prune,
+    resolve_pointer,
+    set_rng_state,
+    write_rank_summary,
+)
 from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.warmstart import continue_from
 from eagle3kit.ui import UI, SilentUI
 
 DEFAULT_BASEPATH = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_config.json")
-LATEST, BEST = "latest", "best"
 
 
 @dataclass
@@ -88,96 +100,6 @@ class TrainConfig:
     sources: list[str] = field(default_factory=lambda: ["ultrachat", "sharegpt"])
 
 
-# ------------------------------------------------------------------ distributed set-up
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int, int, torch.device]:
-    """Start torch.distributed through DeepSpeed (nccl on GPU, gloo on CPU)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    import deepspeed
-
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    return rank, world, local, device
-
-
-def barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        x = t.to(device)
-        torch.distributed.all_reduce(x)
-        return x.cpu()
-    return t.cpu()
-
-
-# ------------------------------------------------------------------ DeepSpeed config
-def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
-    """Read the DeepSpeed config (the packaged default when none is given) and fill its
-    ``"auto"`` values from the command line."""
-    source = Path(path) if path else DEFAULT_DS_CONFIG
-    try:
-        ds = json.loads(source.read_text())
-    except OSError as error:
-        raise UserError(f"--deepspeed-config {source}: cannot read it ({error.strerror})") from None
-    except ValueError as error:
-        raise UserError(f"--deepspeed-config {source}: not valid JSON ({error})") from None
-    ds.setdefault("train_micro_batch_size_per_gpu", 1)
-    if ds["train_micro_batch_size_per_gpu"] != 1:
-        raise UserError(f"--deepspeed-config {source}: train_micro_batch_size_per_gpu must be 1: a micro-batch is one "
-                        "packed row; use --max-tokens to make it larger")
-    ds.setdefault("gradient_accumulation_steps", 1)
-    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage > 2:
-        raise UserError(f"--deepspeed-config {source}: ZeRO stage {stage} is not supported (the draft is small; use 0-2)")
-    for key in ("bf16", "fp16"):
-        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
-            ds[key]["enabled"] = bf16 if key == "bf16" else False
-    opt = ds.get("optimizer", {}).get("params", {})
-    if opt.get("lr") == "auto":
-        opt["lr"] = cfg.lr
-    if str(ds.get("optimizer", {}).get("type", "")).lower() in ("adam", "adamw"):
-        # torch's AdamW (fused kernels on GPU) instead of DeepSpeed's, which is compiled on the
-        # first run and needs a CUDA toolkit (nvcc) beside torch; `"torch_adam": false` keeps it
-        opt.setdefault("torch_adam", True)
-        if opt["torch_adam"] and torch.cuda.is_available():
-            opt.setdefault("fused", True)
-    if ds.get("gradient_clipping") == "auto":
-        ds["gradient_clipping"] = 0.5
-    return ds
-
-
-def lr_lambda(total_steps: int, warmup: int):
-    """Linear warm-up to the peak, then cosine decay to zero."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 class DraftTrainer(torch.nn.Module):
     """The engine's module: the draft, whose forward is the TTT loss."""
 
@@ -191,99 +113,6 @@ class DraftTrainer(torch.nn.Module):
                         ttt_length=ttt_length, decay=decay, checkpoint_steps=checkpoint_steps, live_only=live_only)
 
 
-# ------------------------------------------------------------------ reporting
-class Reporter:
-    """wandb, tensorboard or nothing; rank 0 only."""
-
-    def __init__(self, kind: str, cfg: TrainConfig, savedir: Path, ui: UI) -> None:
-        self.kind, self.run, self.writer = kind, None, None
-        if kind == "wandb":
-            import wandb
-
-            mode = os.environ.get("WANDB_MODE")
-            if not mode and not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in():
-                mode = "offline"
-                ui.log("wandb: no API key found, logging offline under ./wandb (upload later with `wandb sync`)")
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "eagle3kit"), name=cfg.run_name,
-                                  config=asdict(cfg), mode=mode, dir=str(savedir))
-        elif kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(savedir / "runs"))
-        elif kind != "none":
-            raise UserError(f"--report-to {kind}: choose wandb, tensorboard or none")
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        if self.run is not None:
-            self.run.log(values, step=step)
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _wandb_logged_in() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------ checkpoints
-def resolve_pointer(savedir: Path, name: str) -> str | None:
-    """The tag (``step_N``) that ``savedir/name`` points at: a symlink, or a file holding it."""
-    p = savedir / name
-    if p.is_symlink():
-        return os.readlink(p).rstrip("/").split("/")[-1]
-    if p.is_file():
-        return p.read_text().strip() or None
-    return None
-
-
-def point(savedir: Path, name: str, tag: str) -> None:
-    """Make ``savedir/name`` a symlink to ``tag``, atomically."""
-    tmp = savedir / f".{name}.tmp-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(tag, tmp)
-    os.replace(tmp, savedir / name)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-@dataclass
-class Progress:
-    """Where training is: saved in every checkpoint, so a resume continues exactly."""
-
-    epoch: int = 0
-    micro: int = 0  # next micro-batch of this rank's shard in this epoch
-    step: int = 0  # optimizer steps done
-    tokens: int = 0  # tokens trained on by this rank
-    best_tau: float = -1.0
-    best_tag: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    rows_digest: str = ""  # running digest of the rows this rank trained on
-
-
 # ------------------------------------------------------------------ the recipe
 @dataclass
 class Prepared:
@@ -292,24 +121,6 @@ class Prepared:
     tokenizer: Any
     draft_ids: np.ndarray
     coverage: float
-
-
-def rank0_first(rank: int, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on rank 0, then on the other ranks (which find its caches and downloads).
-
-    Every rank reaches both barriers even when its ``fn`` fails, and raises afterwards: a
-    bad file stops every rank with its message instead of leaving the others waiting."""
-    result, error = None, None
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0):
-            try:
-                result = fn()
-            except Exception as exc:  # noqa: BLE001 - raised below, after the barriers
-                error = exc
-        barrier()
-    if error is not None:
-        raise error
-    return result
 
 
 def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | None = None) -> Prepared:
@@ -335,14 +146,16 @@ def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | No
 def _mix_default_sources(cfg: TrainConfig, ui: UI, rank: int) -> None:
     """Without --trainpath: run the mix of the default sources into the cache dir."""
     out = Path(cfg.cache_dir) / "mixed"
-    if rank == 0:
+
+    def mix() -> None:
         from eagle3kit.mix import run_mix
         from eagle3kit.plugins import load_registry
         from eagle3kit.sourcespec import SourceSpec
 
         ui.log(f"no --trainpath: mixing {' + '.join(cfg.sources)} into {out}")
         run_mix(load_registry(), [SourceSpec.parse(s) for s in cfg.sources], out, Path(cfg.cache_dir), ui=ui)
-    barrier()
+
+    rank0_first(rank, mix, others=False)
     cfg.trainpath = str(out / "train.jsonl")
     if cfg.testpath is None:
         cfg.testpath = str(out / "test.jsonl")
@@ -379,12 +192,13 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
-    if rank == 0:
-        savedir.mkdir(parents=True, exist_ok=True)
+    def make_savedir() -> None:
         if not cfg.resume and resolve_pointer(savedir, LATEST):
             raise UserError(f"{savedir} already holds a training run ({LATEST} -> {resolve_pointer(savedir, LATEST)}); "
                             "pass --resume to continue it, or choose another --savedir")
-    barrier()
+        savedir.mkdir(parents=True, exist_ok=True)
+
+    rank0_first(rank, make_savedir, others=False)
     if cfg.trainpath is None:
         _mix_default_sources(cfg, quiet, rank)
 
@@ -448,7 +262,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         tag = resolve_pointer(savedir, LATEST)
         if tag is None:
             raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
-        _check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
+        check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
         try:
             _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
         except RuntimeError as error:  # shapes: another draft than this run builds
@@ -458,7 +272,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         if client is None:
             raise UserError(f"--resume: cannot read the checkpoint {savedir / tag}")
         progress = Progress(**client["progress"])
-        _set_rng_state(client["rng"][rank] if isinstance(client["rng"], list) else client["rng"])
+        set_rng_state(client["rng"][rank] if isinstance(client["rng"], list) else client["rng"])
         quiet.log(f"resumed from {savedir / tag}: epoch {progress.epoch}, step {progress.step}")
 
     reporter = Reporter(cfg.report_to, cfg, savedir, quiet) if rank == 0 else None
@@ -483,20 +297,23 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         nonlocal last_saved
         last_saved = tag_step
         tag = f"step_{tag_step}"
-        client = {"progress": asdict(progress), "rng": _gather_rng(device), "eagle3kit": __version__}
+        client = {"progress": asdict(progress), "rng": gather_rng(device), "eagle3kit": __version__}
         engine.save_checkpoint(str(savedir), tag=tag, client_state=client, save_latest=False)
-        if rank == 0:
+
+        def servable() -> None:
             extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath,
                      "target_architectures": list(getattr(model.config, "architectures", None) or [])}
             if cfg.init_draft:
                 extra["init_draft"] = cfg.init_draft
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
-        barrier()
-        if rank == 0:
+
+        def publish() -> None:  # every rank's part is written: `latest` may point at it
             point(savedir, LATEST, tag)
-            _prune(savedir, cfg.keep_last, keep={tag, progress.best_tag})
+            prune(savedir, cfg.keep_last, keep={tag, progress.best_tag})
             quiet.log(f"saved checkpoint {savedir / tag} ({reason})")
-        barrier()
+
+        rank0_first(rank, servable, others=False)  # a full disk on rank 0 stops every rank with its message
+        rank0_first(rank, publish, others=False)
         return tag
 
     def run_eval() -> None:
@@ -577,86 +394,11 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     run_eval()
     if last_saved != progress.step:
         save(progress.step, "end of training")
-    summary = _write_rank_summary(savedir, rank, world, progress, engine)
+    summary = write_rank_summary(savedir, rank, world, progress, engine)
     if reporter:
         reporter.close()
     if rank == 0:
-        _final_table(quiet, progress, savedir)
+        final_table(quiet, progress, savedir)
     return summary
 
 
-def _check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path) -> None:
-    """Refuse to resume a checkpoint whose draft vocabulary is not the one this run chose."""
-    from safetensors import safe_open
-
-    path = draft_dir / WEIGHTS
-    if not path.is_file():
-        return
-    with safe_open(str(path), "pt") as f:
-        saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
-    if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
-        raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary ({len(saved):,} "
-                        f"tokens) than this run would use ({len(draft_ids):,}); resume with the options it was started "
-                        f"with (--draft-vocab-size, --init-draft, the same data: see {savedir / 'train_config.json'})")
-
-
-def _gather_rng(device: torch.device):
-    """Every rank's RNG state (each rank restores its own on resume)."""
-    state = _rng_state()
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        states = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(states, state)
-        return states
-    return [state]
-
-
-def _prune(savedir: Path, keep_last: int, keep: set) -> None:
-    tags = sorted((p for p in savedir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-    for p in tags[:-keep_last] if keep_last > 0 else []:
-        if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _param_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _write_rank_summary(savedir: Path, rank: int, world: int, progress: Progress, engine) -> dict[str, Any]:
-    """``savedir/logs/rank{r}.json``: what this rank trained on and where it ended."""
-    summary = {
-        "rank": rank,
-        "world_size": world,
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "tokens": progress.tokens,
-        "rows_digest": progress.rows_digest,
-        "param_digest": _param_digest(engine.module.draft),
-        "best_tau_sim": progress.best_tau,
-        "best": progress.best_tag,
-        "latest": resolve_pointer(savedir, LATEST),
-        "history": progress.history,
-    }
-    (savedir / "logs").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(savedir / "logs" / f"rank{rank}.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def _final_table(ui: UI, progress: Progress, savedir: Path) -> None:
-    from rich.table import Table
-
-    if not progress.history:
-        return
-    last = progress.history[-1]
-    table = Table(title=f"draft after {progress.step} steps: test split")
-    table.add_column("TTT step", justify="right")
-    table.add_column("loss", justify="right")
-    table.add_column("top-1 accuracy", justify="right")
-    for k, (loss, acc) in enumerate(zip(last["loss"], last["acc"])):
-        table.add_row(str(k), f"{loss:.4f}", f"{acc:.4f}")
-    table.caption = f"tau_sim {last['tau_sim']:.3f} (best {progress.best_tau:.3f} at {progress.best_tag})"
-    ui.table(table)
-    ui.log(f"draft: {savedir / LATEST / 'draft'}" + (f" (best: {savedir / BEST / 'draft'})" if progress.best_tag else ""))

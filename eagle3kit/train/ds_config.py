@@ -1,0 +1,66 @@
+"""The DeepSpeed configuration of a training run (``ds_config.json`` beside this file is
+the default) and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from eagle3kit.errors import UserError
+
+if TYPE_CHECKING:
+    from eagle3kit.train.loop import TrainConfig
+
+DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_config.json")
+
+
+def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
+    """Read the DeepSpeed config (the packaged default when none is given) and fill its
+    ``"auto"`` values from the command line."""
+    source = Path(path) if path else DEFAULT_DS_CONFIG
+    try:
+        ds = json.loads(source.read_text())
+    except OSError as error:
+        raise UserError(f"--deepspeed-config {source}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise UserError(f"--deepspeed-config {source}: not valid JSON ({error})") from None
+    ds.setdefault("train_micro_batch_size_per_gpu", 1)
+    if ds["train_micro_batch_size_per_gpu"] != 1:
+        raise UserError(f"--deepspeed-config {source}: train_micro_batch_size_per_gpu must be 1: a micro-batch is one "
+                        "packed row; use --max-tokens to make it larger")
+    ds.setdefault("gradient_accumulation_steps", 1)
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage > 2:
+        raise UserError(f"--deepspeed-config {source}: ZeRO stage {stage} is not supported (the draft is small; use 0-2)")
+    for key in ("bf16", "fp16"):
+        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
+            ds[key]["enabled"] = bf16 if key == "bf16" else False
+    opt = ds.get("optimizer", {}).get("params", {})
+    if opt.get("lr") == "auto":
+        opt["lr"] = cfg.lr
+    if str(ds.get("optimizer", {}).get("type", "")).lower() in ("adam", "adamw"):
+        # torch's AdamW (fused kernels on GPU) instead of DeepSpeed's, which is compiled on the
+        # first run and needs a CUDA toolkit (nvcc) beside torch; `"torch_adam": false` keeps it
+        opt.setdefault("torch_adam", True)
+        if opt["torch_adam"] and torch.cuda.is_available():
+            opt.setdefault("fused", True)
+    if ds.get("gradient_clipping") == "auto":
+        ds["gradient_clipping"] = 0.5
+    return ds
+
+
+def lr_lambda(total_steps: int, warmup: int):
+    """Linear warm-up to the peak, then cosine decay to zero."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f

@@ -1,0 +1,131 @@
+"""The run folder (``--savedir``): checkpoints ``step_N/`` (DeepSpeed state and the
+servable ``draft/``), the ``latest`` and ``best`` pointers, the progress and RNG states
+that make a resume exact, and each rank's summary in ``logs/``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eagle3kit.atomic import atomic_write_text
+from eagle3kit.checkpoint import WEIGHTS
+from eagle3kit.errors import UserError
+
+LATEST, BEST = "latest", "best"
+
+
+def resolve_pointer(savedir: Path, name: str) -> str | None:
+    """The tag (``step_N``) that ``savedir/name`` points at: a symlink, or a file holding it."""
+    p = savedir / name
+    if p.is_symlink():
+        return os.readlink(p).rstrip("/").split("/")[-1]
+    if p.is_file():
+        return p.read_text().strip() or None
+    return None
+
+
+def point(savedir: Path, name: str, tag: str) -> None:
+    """Make ``savedir/name`` a symlink to ``tag``, atomically."""
+    tmp = savedir / f".{name}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(tag, tmp)
+    os.replace(tmp, savedir / name)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where training is: saved in every checkpoint, so a resume continues exactly."""
+
+    epoch: int = 0
+    micro: int = 0  # next micro-batch of this rank's shard in this epoch
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on by this rank
+    best_tau: float = -1.0
+    best_tag: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rows_digest: str = ""  # running digest of the rows this rank trained on
+
+
+def check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path) -> None:
+    """Refuse to resume a checkpoint whose draft vocabulary is not the one this run chose."""
+    from safetensors import safe_open
+
+    path = draft_dir / WEIGHTS
+    if not path.is_file():
+        return
+    with safe_open(str(path), "pt") as f:
+        saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
+    if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
+        raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary ({len(saved):,} "
+                        f"tokens) than this run would use ({len(draft_ids):,}); resume with the options it was started "
+                        f"with (--draft-vocab-size, --init-draft, the same data: see {savedir / 'train_config.json'})")
+
+
+def gather_rng(device: torch.device):
+    """Every rank's RNG state (each rank restores its own on resume)."""
+    state = rng_state()
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
+def prune(savedir: Path, keep_last: int, keep: set) -> None:
+    tags = sorted((p for p in savedir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    for p in tags[:-keep_last] if keep_last > 0 else []:
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def param_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_rank_summary(savedir: Path, rank: int, world: int, progress: Progress, engine) -> dict[str, Any]:
+    """``savedir/logs/rank{r}.json``: what this rank trained on and where it ended."""
+    summary = {
+        "rank": rank,
+        "world_size": world,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "tokens": progress.tokens,
+        "rows_digest": progress.rows_digest,
+        "param_digest": param_digest(engine.module.draft),
+        "best_tau_sim": progress.best_tau,
+        "best": progress.best_tag,
+        "latest": resolve_pointer(savedir, LATEST),
+        "history": progress.history,
+    }
+    (savedir / "logs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(savedir / "logs" / f"rank{rank}.json", json.dumps(summary, indent=2) + "\n")
+    return summary
