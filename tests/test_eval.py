@@ -15,11 +15,11 @@ from eagle3kit.eval import (
     accept_chain,
     accept_greedy,
     accept_tree,
-    end_of_turn_ids,
     plain_decode,
     prompts_from_data,
     summarize,
 )
+from eagle3kit.train.data import end_of_turn_ids
 
 
 def test_greedy_acceptance_keeps_the_agreeing_prefix_and_the_target_token():

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from eagle3kit.cli import cli
-from eagle3kit.eval_server import vllm_counters
+from eagle3kit.eval.server import vllm_counters
 
 #: (completion_tokens, spec_verify_ct) of each SGLang request, in turn
 SGLANG = [(33, 8), (17, 4), (65, 16)]

@@ -146,7 +146,7 @@ def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_t
                       timeout: float, ui: UI) -> dict[str, Any]:
     """Decode ``prompts`` one at a time on the server; the report (tau with its interval,
     per-position acceptance where the engine counts it, tokens/s)."""
-    from eagle3kit.eval import bootstrap_interval
+    from eagle3kit.eval.report import bootstrap_interval
 
     server = Server(url, timeout)
     engine = detect_engine(server) if engine == "auto" else engine

@@ -1,0 +1,78 @@
+"""What ``eagle3kit eval`` reports: tau with a bootstrap interval over prompts, acceptance
+per draft position, the table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Sequence
+
+from eagle3kit.ui import UI
+
+if TYPE_CHECKING:
+    from eagle3kit.eval.decode import Decoded
+    from eagle3kit.eval.run import EvalConfig
+
+
+def bootstrap_interval(produced: Sequence[int], passes: Sequence[int], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
+    """95% interval of sum(produced)/sum(passes), resampling prompts."""
+    import numpy as np
+
+    produced, passes = np.asarray(produced, float), np.asarray(passes, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(produced), size=(rounds, len(produced)))
+    ratios = produced[idx].sum(1) / np.maximum(passes[idx].sum(1), 1)
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def summarize(results: list[Decoded], steps: int) -> dict[str, Any]:
+    """tau, its interval, and acceptance per draft position."""
+    produced = [sum(a + 1 for a in r.accepted) for r in results]
+    passes = [r.passes for r in results]
+    total_passes = sum(passes)
+    tau = sum(produced) / total_passes if total_passes else float("nan")
+    low, high = bootstrap_interval(produced, passes) if total_passes else (float("nan"), float("nan"))
+    all_accepted = [a for r in results for a in r.accepted]
+    reached = [sum(1 for a in all_accepted if a >= i) for i in range(steps + 1)]
+    conditional = [reached[i + 1] / reached[i] if reached[i] else float("nan") for i in range(steps)]
+    unconditional = [reached[i + 1] / len(all_accepted) if all_accepted else float("nan") for i in range(steps)]
+    return {"tau": tau, "tau_ci95": [low, high], "passes": total_passes, "tokens": sum(len(r.tokens) for r in results),
+            "acceptance_rate": conditional, "acceptance_reached": unconditional}
+
+
+def finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """Add the configuration to ``report``, print it, write it to ``--json``; return it."""
+    report["config"] = asdict(cfg)
+    print_report(ui, report, cfg)
+    if cfg.json_path:
+        from eagle3kit.atomic import atomic_write_text
+
+        atomic_write_text(cfg.json_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
+    from rich.table import Table
+
+    low, high = report["tau_ci95"]
+    if report.get("engine"):
+        how = f"as the {report['engine']} server at {report['server']} drafts"
+    elif report.get("tree_size") and cfg.topk > 1:
+        how = f"trees of {report['tree_size']} tokens (top-{cfg.topk}, {cfg.steps} levels)"
+    else:
+        how = f"{cfg.steps} draft tokens per pass"
+    rule = f" ({report['acceptance_rule']} acceptance)" if report.get("acceptance_rule") not in (None, "greedy") else ""
+    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}{rule}")
+    table.add_column("draft position", justify="right")
+    table.add_column("acceptance rate (given the previous)", justify="right")
+    table.add_column("reached", justify="right")
+    for i, (c, u) in enumerate(zip(report["acceptance_rate"], report["acceptance_reached"]), 1):
+        table.add_row(str(i), f"{c:.3f}" if c == c else "-", f"{u:.3f}" if u == u else "-")
+    caption = f"acceptance length tau {report['tau']:.3f} (95% CI {low:.3f}-{high:.3f})"
+    if "speedup" in report:
+        caption += (f"; speed-up {report['speedup']:.2f}x ({report['spec_tokens_per_s']:.1f} vs "
+                    f"{report['baseline_tokens_per_s']:.1f} tokens/s)")
+    if "identical_to_greedy" in report:
+        caption += f"; identical to greedy: {report['identical_to_greedy']}/{report['prompts']}"
+    table.caption = caption
+    ui.table(table)

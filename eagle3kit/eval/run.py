@@ -1,0 +1,182 @@
+"""``eagle3kit eval``: its options, the prompts, and the run (in process, or ``--server``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from eagle3kit.errors import UserError
+from eagle3kit.eval.decode import SpeculativeDecoder, TreeDecoder, plain_decode
+from eagle3kit.eval.report import finish, summarize
+from eagle3kit.train.data import end_of_turn_ids
+from eagle3kit.ui import UI
+
+
+@dataclass
+class EvalConfig:
+    basepath: str
+    draft_path: str | None
+    data_path: str
+    num_samples: int = 80
+    max_new_tokens: int = 256
+    steps: int = 6
+    temperature: float = 0.0
+    seed: int = 0
+    dtype: str = "auto"
+    json_path: str | None = None
+    no_baseline: bool = False
+    topk: int = 1  # > 1: tree drafting, as SGLang's --speculative-eagle-topk
+    acceptance: str | None = None  # at temperature > 0: rejection (chains) | target-only; None: rejection for a chain
+    server: str | None = None  # measure a running SGLang / vLLM server instead (eagle3kit.eval.server)
+    engine: str = "auto"  # sglang | vllm | auto
+    timeout: float = 600.0  # seconds per server request
+    num_draft_tokens: int | None = None  # tree nodes the target checks per pass (with the root); default 1 + topk x steps, at most 64
+
+
+def tree_size(cfg: EvalConfig) -> int | None:
+    """Tokens per verification pass of tree drafting (root included), or None for a chain
+    decoded with :class:`SpeculativeDecoder` (a chain verified by the target-only rule is
+    a one-wide tree: ``steps + 1``)."""
+    chain = cfg.topk == 1 and cfg.num_draft_tokens in (None, cfg.steps + 1)
+    sampled = cfg.temperature > 0
+    if cfg.acceptance not in (None, "rejection", "target-only"):
+        raise UserError(f"--acceptance {cfg.acceptance!r}: rejection or target-only")
+    if chain and not (sampled and cfg.acceptance == "target-only"):
+        return None
+    size = cfg.num_draft_tokens or min(1 + cfg.topk * cfg.steps, 64)
+    if size < 2:
+        raise UserError(f"--num-draft-tokens {size}: at least 2 (the root and one draft token)")
+    if sampled and cfg.acceptance == "rejection":
+        raise UserError("--acceptance rejection needs sampled proposals, one chain: a tree proposes the draft's top-k "
+                        "tokens, which only the target-only rule verifies exactly; drop --acceptance, or use --topk 1")
+    return size
+
+
+def acceptance_rule(cfg: EvalConfig) -> str:
+    """The acceptance rule a run uses: greedy, rejection or target-only."""
+    if cfg.temperature == 0:
+        return "greedy"
+    return "rejection" if tree_size(cfg) is None else "target-only"
+
+
+def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
+    """Token ids of up to ``limit`` prompts: each human turn of each conversation, with the
+    conversation before it, rendered with the chat template and the generation prompt."""
+    from eagle3kit.train.data import read_unified, to_messages
+
+    prompts = []
+    for record in read_unified(path):
+        messages = to_messages(record["conversations"])
+        for i, message in enumerate(messages):
+            if message["role"] != "user":
+                continue
+            text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, add_generation_prompt=True)
+            prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(prompts) >= limit:
+                return prompts
+    if not prompts:
+        raise UserError(f"{path}: holds no human turn to use as a prompt")
+    return prompts
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
+    """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
+    from eagle3kit.checkpoint import load_draft
+    from eagle3kit.train.draft import default_aux_layers
+    from eagle3kit.train.target import load_target_model, load_tokenizer
+
+    ui = ui or UI()
+    if cfg.server:
+        return _run_served(cfg, ui)
+    if not cfg.draft_path:
+        raise UserError("give --draft DRAFT (or --server URL to measure a running SGLang or vLLM server)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.basepath)
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
+    draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
+    draft.eval()
+    text = model.config.get_text_config()
+    if draft.config.vocab_size != text.vocab_size:
+        raise UserError(f"the draft was trained for a vocabulary of {draft.config.vocab_size} tokens, "
+                        f"the target {cfg.basepath!r} has {text.vocab_size}: wrong target?")
+    if text.hidden_size != draft.config.hidden_size or draft.config.target_hidden_size != text.hidden_size:
+        raise UserError(f"the draft was trained for a target of hidden size {draft.config.target_hidden_size} (its own: "
+                        f"{draft.config.hidden_size}), the target {cfg.basepath!r} has {text.hidden_size}: wrong target?")
+    if not draft.config.aux_layers:
+        draft.config.aux_layers = default_aux_layers(text.num_hidden_layers)
+        ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
+                f"{draft.config.aux_layers} (EAGLE-3's default)")
+    prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
+    eos = end_of_turn_ids(tokenizer, model)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    size = tree_size(cfg)
+    if size is None:
+        decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
+    else:
+        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size, cfg.temperature, gen)
+
+    # warm up kernels and allocator once, outside the timings
+    decoder.generate(prompts[0], min(8, cfg.max_new_tokens))
+    if not cfg.no_baseline:
+        plain_decode(model, prompts[0], min(8, cfg.max_new_tokens), eos, cfg.temperature, gen)
+
+    spec, base = [], []
+    with ui.progress("speculative decoding", total=len(prompts)) as task:
+        for ids in prompts:
+            spec.append(decoder.generate(ids, cfg.max_new_tokens))
+            _sync(device)
+            s = summarize(spec, cfg.steps)
+            task.update(advance=1, tau=f"{s['tau']:.2f}")
+    if not cfg.no_baseline:
+        gen.manual_seed(cfg.seed)
+        with ui.progress("plain decoding (baseline)", total=len(prompts)) as task:
+            for ids in prompts:
+                base.append(plain_decode(model, ids, cfg.max_new_tokens, eos, cfg.temperature, gen))
+                _sync(device)
+                task.update(advance=1)
+
+    report = summarize(spec, cfg.steps)
+    report.update({
+        "tree_size": size,
+        "acceptance_rule": acceptance_rule(cfg),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "prompts": len(prompts),
+        "spec_seconds": sum(r.seconds for r in spec),
+        "spec_tokens_per_s": sum(len(r.tokens) for r in spec) / max(sum(r.seconds for r in spec), 1e-9),
+    })
+    if base:
+        base_seconds = sum(r.seconds for r in base)
+        report["baseline_seconds"] = base_seconds
+        report["baseline_tokens_per_s"] = sum(len(r.tokens) for r in base) / max(base_seconds, 1e-9)
+        report["speedup"] = report["spec_tokens_per_s"] / report["baseline_tokens_per_s"]
+        if cfg.temperature == 0:
+            report["identical_to_greedy"] = sum(a.tokens == b.tokens for a, b in zip(spec, base))
+    return finish(ui, report, cfg)
+
+
+def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
+    """``--server``: the same prompts, decoded by a running SGLang or vLLM server."""
+    from eagle3kit.eval.server import served_acceptance
+    from eagle3kit.train.target import load_tokenizer
+
+    if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path or cfg.acceptance:
+        ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
+                "--num-draft-tokens and --acceptance are ignored")
+    prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
+    return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature,
+                                         cfg.timeout, ui), cfg)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
