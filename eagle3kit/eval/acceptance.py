@@ -65,13 +65,14 @@ def accept_tree(p: torch.Tensor, children: torch.Tensor, tokens: torch.Tensor,
     """
     b, r, v = p.shape
     batch = torch.arange(b, device=p.device)
+    children = children.to(p.device)
     padded = torch.cat([tokens.to(p.device), tokens.new_tensor([v]).to(p.device)])  # row -1: a token of no mass
     cur = torch.zeros(b, dtype=torch.long, device=p.device)
     path = torch.full((b, max(r - 1, 1)), -1, dtype=torch.long, device=p.device)
     next_token = torch.zeros(b, dtype=torch.long, device=p.device)
     walking = torch.ones(b, dtype=torch.bool, device=p.device)
     for depth in range(r):
-        kids = children.to(p.device)[cur]  # (B, C)
+        kids = children[cur]  # (B, C)
         kid_tokens = padded[kids]  # -1 wraps to the no-mass token
         dist = torch.nn.functional.pad(p[batch, cur], (0, 1))  # (B, V + 1), the last column empty
         cum = dist.gather(1, kid_tokens).cumsum(1)
