@@ -300,6 +300,8 @@ def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, t
                                              str(tmp_path / "c.json")])
     report = json.loads((tmp_path / "c.json").read_text())
     assert result.exit_code == 0 and report["acceptance_rule"] == "target-only" and report["tree_size"] == 4
+    result = CliRunner().invoke(cli, args + ["--temperature", "0.7"])
+    assert result.exit_code == 0 and "--acceptance target-only measures that" in " ".join(result.output.split())
     result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7", "--acceptance", "rejection"])
     assert result.exit_code == 2 and "sampled proposals" in result.output
 

@@ -54,9 +54,6 @@ class DraftState:
 
         return draft.layer(embeds, hidden, cos, sin, attend)
 
-    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.draft.logits(hidden)
-
 
 def cache_kwarg(model, cache) -> dict[str, Any]:
     """The KV cache argument under the name this transformers version uses (``cache``

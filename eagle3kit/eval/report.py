@@ -74,5 +74,8 @@ def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
                     f"{report['baseline_tokens_per_s']:.1f} tokens/s)")
     if "identical_to_greedy" in report:
         caption += f"; identical to greedy: {report['identical_to_greedy']}/{report['prompts']}"
+    if report.get("acceptance_rule") == "rejection":
+        caption += ("; SGLang and vLLM verify sampled drafts by the target-only rule, which accepts less: "
+                    "--acceptance target-only measures that")
     table.caption = caption
     ui.table(table)
