@@ -26,7 +26,7 @@ for s in $STAGES; do
     loss) stage loss 40 python3 benchmarks/bench_loss.py --rows 8192 --steps 5 ;;  # saved logit gradient vs recompute
     bench2k) stage bench2k 150 python3 benchmarks/bench_train.py --max-tokens 2048 --steps 6 --warmup 3 ;;  # with the every-position baseline
     small) stage small 300 python3 benchmarks/small_target.py --out /tmp/small --epochs 8 --samples 30
-           cp /tmp/small/eval.json /tmp/small/eval_tree.json /tmp/small/times.json "$OUT/" 2>/dev/null
+           cp /tmp/small/eval*.json /tmp/small/times.json "$OUT/" 2>/dev/null
            cp /tmp/small/small_target.log "$OUT/small_cli.log" 2>/dev/null ;;
   esac
 done

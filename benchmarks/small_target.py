@@ -80,6 +80,13 @@ def main() -> int:
                                   "--data", str(out / "data" / "test.jsonl"), "--num-samples", str(args.samples),
                                   "--max-new-tokens", "256", "--steps", "5", "--topk", "8", "--num-draft-tokens", "32",
                                   "--json", str(out / "eval_tree.json")], log, 600))
+    if "sampled" not in args.skip:  # temperature 0.7: the textbook rule against the one servers verify with
+        for rule in ("rejection", "target-only"):
+            note(f"eval_{rule}", cli(["eval", "--basepath", str(out / "target"), "--draft", str(out / "ck" / "best"),
+                                      "--data", str(out / "data" / "test.jsonl"), "--num-samples", str(args.samples),
+                                      "--max-new-tokens", "256", "--steps", "6", "--temperature", "0.7",
+                                      "--acceptance", rule, "--no-baseline", "--json", str(out / f"eval_{rule}.json")],
+                                     log, 600))
     print(json.dumps(times))
     return 0
 

@@ -11,13 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from train_fixtures import TRAIN_ARGS, run_cli
 
 from eagle3kit.checkpoint import REQUIRED_KEYS, load_draft
-from eagle3kit.train.run_folder import param_digest
+from eagle3kit.errors import UserError
+from eagle3kit.train.run_folder import DATA_ORDER, check_data_order, data_order, param_digest
 
 
 def summary(savedir: Path, rank: int = 0) -> dict:
@@ -104,6 +106,31 @@ def test_starting_again_in_a_used_savedir_needs_resume(tmp_path, tiny_target, mi
     result = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "ck", tmp_path / "cache"))
     assert result.returncode == 2
     assert "already holds a training run" in result.stderr and "--resume" in result.stderr
+
+
+def test_resume_refuses_settings_that_would_train_on_other_rows(trained_run, tiny_target, mixed_data):
+    tag = os.readlink(trained_run / "latest")
+    saved = json.loads((trained_run / tag / DATA_ORDER).read_text())
+    assert (saved["world_size"], saved["max_tokens"], saved["seed"]) == (1, 512, 0)
+    result = run_cli(["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
+                      "--savedir", str(trained_run), "--cache-dir", str(trained_run.parent / "cache"), *TRAIN_ARGS,
+                      "--max-tokens", "1024", "--seed", "3", "--resume"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = " ".join(result.stderr.split())
+    assert "--max-tokens 512 (now 1024), --seed 0 (now 3)" in message
+    assert f"--init-draft {trained_run / tag}" in message
+    assert os.readlink(trained_run / "latest") == tag  # the run folder is left as it was
+
+
+def test_resume_names_another_number_of_ranks(tmp_path):
+    order = data_order(2, 1, 512, 256, 0, "train.jsonl")
+    (tmp_path / DATA_ORDER).write_text(json.dumps(order))
+    check_data_order(tmp_path, order)
+    with pytest.raises(UserError, match=r"ranks 2 \(now 1\)"):
+        check_data_order(tmp_path, {**order, "world_size": 1})
+    with pytest.raises(UserError, match=r"gradient_accumulation_steps \(DeepSpeed config\) 1 \(now 4\)"):
+        check_data_order(tmp_path, {**order, "gradient_accumulation_steps": 4})
+    check_data_order(tmp_path / "older", {**order, "world_size": 1})  # a checkpoint without the record: not checked
 
 
 def _free_port() -> int:

@@ -44,9 +44,12 @@ from eagle3kit.train.ds_config import load_ds_config, lr_lambda
 from eagle3kit.train.report import Reporter, final_table
 from eagle3kit.train.run_folder import (
     BEST,
+    DATA_ORDER,
     LATEST,
     Progress,
+    check_data_order,
     check_resumed_vocab,
+    data_order,
     gather_rng,
     point,
     prune,
@@ -202,10 +205,17 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     if cfg.trainpath is None:
         _mix_default_sources(cfg, quiet, rank)
 
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
+    accum = int(ds_config["gradient_accumulation_steps"])
+    order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath)
+    resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
+    if resume_tag is not None:
+        check_data_order(savedir / resume_tag, order)
+
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     backend = cfg.attention or default_backend(device)
     pad = cfg.pad_to_max_tokens if cfg.pad_to_max_tokens is not None else backend == "flex"
     pad_to = cfg.max_tokens if pad else None
@@ -237,8 +247,6 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     target = FrozenTarget(model, draft_config.aux_layers, draft_ids)
     module = DraftTrainer(draft).to(device)
 
-    ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
-    accum = int(ds_config["gradient_accumulation_steps"])
     lengths = np.asarray(data.train.dataset["length"])
     per_epoch = len(shard_bins(pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000), rank, world, accum)) // accum
     if per_epoch == 0:
@@ -259,7 +267,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     progress = Progress()
     if cfg.resume:
-        tag = resolve_pointer(savedir, LATEST)
+        tag = resume_tag
         if tag is None:
             raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
         check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
@@ -306,6 +314,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             if cfg.init_draft:
                 extra["init_draft"] = cfg.init_draft
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
+            atomic_write_text(savedir / tag / DATA_ORDER, json.dumps(order, indent=2) + "\n")
 
         def publish() -> None:  # every rank's part is written: `latest` may point at it
             point(savedir, LATEST, tag)

@@ -21,6 +21,34 @@ from eagle3kit.checkpoint import WEIGHTS
 from eagle3kit.errors import UserError
 
 LATEST, BEST = "latest", "best"
+#: in each checkpoint: the settings that fix which rows each rank trains on, in which order
+DATA_ORDER = "data_order.json"
+_OPTION = {"world_size": "ranks", "gradient_accumulation_steps": "gradient_accumulation_steps (DeepSpeed config)",
+           "max_tokens": "--max-tokens", "max_len": "--max-len", "seed": "--seed", "trainpath": "--trainpath"}
+
+
+def data_order(world: int, accumulation: int, max_tokens: int, max_len: int, seed: int, trainpath: str) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues to train on the same rows
+    in the same order (the position saved in :class:`Progress` counts micro-batches of this
+    rank's shard)."""
+    return {"world_size": world, "gradient_accumulation_steps": accumulation, "max_tokens": max_tokens,
+            "max_len": max_len, "seed": seed, "trainpath": str(Path(trainpath).resolve())}
+
+
+def check_data_order(checkpoint: Path, now: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` with settings that would train on other rows than
+    the interrupted run (another number of ranks, packing, seed or data file): the saved
+    position would point into a different sequence of micro-batches."""
+    path = checkpoint / DATA_ORDER
+    if not path.is_file():  # a checkpoint from before this record was kept
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{_OPTION.get(key, key)} {saved[key]} (now {value})" for key, value in now.items()
+               if key in saved and saved[key] != value]
+    if changed:
+        raise UserError(f"--resume: {checkpoint} was trained with " + ", ".join(changed) + "; an exact resume needs "
+                        "the same, so run it as it was started (see train_config.json beside it), or carry its weights "
+                        f"on with a fresh optimizer and data order: --init-draft {checkpoint} --savedir NEW_DIR")
 
 
 def resolve_pointer(savedir: Path, name: str) -> str | None:
