@@ -58,7 +58,7 @@ def _failures(error: Exception | None) -> list[str | None]:
     return every
 
 
-def _agree(rank: int, error: Exception | None) -> None:
+def _agree(error: Exception | None) -> None:
     """Raise on every rank if any rank failed: its own error where it failed, elsewhere a
     message naming the rank that failed and why."""
     failures = _failures(error)
@@ -84,5 +84,5 @@ def rank0_first(rank: int, fn: Callable[[], Any], others: bool = True) -> Any:
                 result = fn()
             except Exception as exc:  # noqa: BLE001 - raised by _agree, once every rank knows
                 error = exc
-        _agree(rank, error)
+        _agree(error)
     return result
