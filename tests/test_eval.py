@@ -17,6 +17,7 @@ from eagle3kit.eval import (
     accept_tree,
     plain_decode,
     prompts_from_data,
+    sampling_probs,
     summarize,
 )
 from eagle3kit.train.data import end_of_turn_ids
@@ -107,6 +108,28 @@ def test_target_only_acceptance_of_a_one_hot_target_is_the_greedy_walk():
     assert _walks(path, nxt) == [[1]]
 
 
+def _filtered(p: list[float], top_k: int, top_p: float) -> list[float]:
+    """top-k then top-p of one distribution, written plainly."""
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    kept = [i for i in order if top_k == 0 or p[i] >= p[order[top_k - 1]]]
+    total, mass, nucleus = sum(p[i] for i in kept), 0.0, []
+    for i in kept:
+        if mass < top_p * total:
+            nucleus.append(i)
+        mass += p[i]
+    z = sum(p[i] for i in nucleus)
+    return [p[i] / z if i in nucleus else 0.0 for i in range(len(p))]
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 1.0), (0, 0.6), (4, 0.5), (1, 1.0), (0, 1e-9)])
+def test_sampling_probs_are_temperature_then_top_k_then_top_p(top_k, top_p):
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0, 1.5, 0.0], [0.3, 0.2, 0.1, 0.0, -0.1, -0.2]], dtype=torch.float64)
+    got = sampling_probs(logits, 0.8, top_k, top_p)
+    for row, out in zip(logits, got):
+        p = torch.softmax(row / 0.8, -1).tolist()
+        assert out.tolist() == pytest.approx(_filtered(p, top_k, top_p), abs=1e-6)
+
+
 def test_sampled_trees_decode_a_target_s_distribution():
     """End to end at temperature 1 with a tiny random target: the second and third tokens
     of many tree-decoded continuations are distributed as the target says (exact
@@ -144,6 +167,18 @@ def test_sampled_trees_decode_a_target_s_distribution():
         for column, exact in ((1, exact2), (2, exact3)):
             freq = torch.bincount(outs[:, column], minlength=v).double() / n
             torch.testing.assert_close(freq, exact, atol=0.04, rtol=0)
+    # nucleus and top-k sampling: the filtered target distributions, written plainly above
+    f1 = torch.tensor(_filtered(p1.tolist(), 4, 0.8), dtype=torch.double)
+    f2 = torch.tensor([_filtered(row, 4, 0.8) for row in p2.tolist()], dtype=torch.double)
+    g = torch.Generator().manual_seed(7)
+    decoder = TreeDecoder(model, draft, steps=3, eos_ids=[], topk=3, num_draft_tokens=7, temperature=1.0, generator=g,
+                          top_k=4, top_p=0.8)
+    outs = torch.tensor([decoder.generate(prompt, 2).tokens for _ in range(n)])
+    torch.testing.assert_close(torch.bincount(outs[:, 0], minlength=v).double() / n, f1, atol=0.04, rtol=0)
+    torch.testing.assert_close(torch.bincount(outs[:, 1], minlength=v).double() / n, f1 @ f2, atol=0.04, rtol=0)
+    assert int((f1 @ f2 == 0).sum()) >= 3  # the filters cut tokens the unfiltered target would give
+    greedy = plain_decode(model, prompt, 6, [])
+    assert plain_decode(model, prompt, 6, [], temperature=1.0, generator=g, top_k=1).tokens == greedy.tokens
 
 
 @pytest.fixture(scope="module")
@@ -300,8 +335,10 @@ def test_eval_command_takes_tree_options(trained_run, tiny_target, mixed_data, t
                                              str(tmp_path / "c.json")])
     report = json.loads((tmp_path / "c.json").read_text())
     assert result.exit_code == 0 and report["acceptance_rule"] == "target-only" and report["tree_size"] == 4
-    result = CliRunner().invoke(cli, args + ["--temperature", "0.7"])
+    result = CliRunner().invoke(cli, args + ["--temperature", "0.7", "--top-p", "0.9", "--json", str(tmp_path / "p.json")])
     assert result.exit_code == 0 and "--acceptance target-only measures that" in " ".join(result.output.split())
+    assert "temperature 0.7, top-p 0.9 (rejection acceptance)" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "p.json").read_text())["config"]["top_p"] == 0.9
     result = CliRunner().invoke(cli, args + ["--topk", "3", "--temperature", "0.7", "--acceptance", "rejection"])
     assert result.exit_code == 2 and "sampled proposals" in result.output
 

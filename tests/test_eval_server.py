@@ -135,7 +135,8 @@ def test_sglang_acceptance_from_meta_info(engine, tiny_target, mixed_data, tmp_p
 
 @pytest.mark.parametrize("engine", ["vllm", "vllm-late"], indirect=True)
 def test_vllm_acceptance_from_its_counters(engine, tiny_target, mixed_data, tmp_path):
-    result, report = run_eval(tiny_target, mixed_data, tmp_path, engine.url, "--draft", "ignored")
+    result, report = run_eval(tiny_target, mixed_data, tmp_path, engine.url, "--draft", "ignored", "--temperature", "0.7",
+                              "--top-p", "0.9", "--top-k", "20")
     assert result.exit_code == 0, result.output
     assert "ignored" in result.output  # --draft with --server is said to be ignored
     assert report["engine"] == "vllm" and report["model"] == "tiny-served"
@@ -145,6 +146,7 @@ def test_vllm_acceptance_from_its_counters(engine, tiny_target, mixed_data, tmp_
     assert report["acceptance_rate"] == pytest.approx([13 / 15, 10 / 13, 7 / 10, 4 / 7, 2 / 4])
     assert [b["prompt"] for b in engine.bodies] == prompts(tiny_target, mixed_data)
     assert all(b["model"] == "tiny-served" and b["max_tokens"] == 64 for b in engine.bodies)
+    assert all((b["temperature"], b["top_p"], b["top_k"]) == (0.7, 0.9, 20) for b in engine.bodies)  # as asked
 
 
 @pytest.mark.parametrize("engine", ["vllm-plain"], indirect=True)

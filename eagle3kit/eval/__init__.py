@@ -36,11 +36,22 @@ The package: :mod:`~eagle3kit.eval.acceptance` (the rules), :mod:`~eagle3kit.eva
 (``--server``).
 """
 
-from eagle3kit.eval.acceptance import accept_chain, accept_greedy, accept_tree
-from eagle3kit.eval.decode import Decoded, DraftState, SpeculativeDecoder, TreeDecoder, plain_decode
-from eagle3kit.eval.report import bootstrap_interval, summarize
-from eagle3kit.eval.run import EvalConfig, acceptance_rule, prompts_from_data, run_eval, tree_size
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Decoded", "DraftState", "EvalConfig", "SpeculativeDecoder", "TreeDecoder", "accept_chain", "accept_greedy",
-           "accept_tree", "acceptance_rule", "bootstrap_interval", "plain_decode", "prompts_from_data", "run_eval",
-           "summarize", "tree_size"]
+#: the public names, from the module that defines each (imported on first use, so that
+#: reading a report does not import torch)
+_WHERE = {
+    "accept_chain": "acceptance", "accept_greedy": "acceptance", "accept_tree": "acceptance",
+    "Decoded": "decode", "DraftState": "decode", "SpeculativeDecoder": "decode", "TreeDecoder": "decode",
+    "plain_decode": "decode", "sampling_probs": "decode",
+    "bootstrap_interval": "report", "summarize": "report",
+    "EvalConfig": "run", "acceptance_rule": "run", "prompts_from_data": "run", "run_eval": "run", "tree_size": "run",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -72,15 +72,36 @@ class Decoded:
     seconds: float = 0.0
 
 
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution a sampler draws from: softmax(logits / temperature), kept to the
+    ``top_k`` most likely tokens (0: all; ties with the k-th kept), then to the fewest most
+    likely tokens whose probability reaches ``top_p`` (1.0: all), renormalised; the order
+    of vLLM and Hugging Face."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if 0 < top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[..., -1:]
+        probs = torch.where(probs >= kth, probs, 0.0)
+    if top_p < 1.0:
+        ranked, order = probs.sort(dim=-1, descending=True)
+        before = ranked.cumsum(-1) - ranked  # the mass of the more likely tokens
+        keep = before < top_p * ranked.sum(-1, keepdim=True)
+        probs = torch.where(torch.zeros_like(keep).scatter(-1, order, keep), probs, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
+
+
 class SpeculativeDecoder:
-    """Chain speculative decoding of one sequence at a time with a HF target and a draft."""
+    """Chain speculative decoding of one sequence at a time with a HF target and a draft.
+
+    Sampling (``temperature`` > 0, with ``top_k`` / ``top_p``) draws from
+    :func:`sampling_probs` of the target's logits; the draft samples its proposals from the
+    same transformation of its own."""
 
     def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, top_k: int = 0, top_p: float = 1.0) -> None:
         from eagle3kit.train.target import FrozenTarget
 
         self.model, self.draft, self.steps = model, draft, steps
-        self.temperature = temperature
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator = generator
         self.eos = set(int(i) for i in eos_ids)
         self.target = FrozenTarget(model, draft.config.aux_layers, draft.draft_ids)
@@ -114,7 +135,7 @@ class SpeculativeDecoder:
         return cache, token, state, state.forward(features, shifted, self.embed, 0)
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits / self.temperature, dim=-1)
+        return sampling_probs(logits, self.temperature, self.top_k, self.top_p)
 
     def _pick(self, logits: torch.Tensor) -> int:
         if self.temperature == 0:
@@ -126,7 +147,7 @@ class SpeculativeDecoder:
         logits = self.draft.logits(hidden[:, -1:]).float()[0, 0]
         if self.temperature == 0:
             return int(self.draft_ids[logits.argmax(-1)]), None
-        q_draft = torch.softmax(logits / self.temperature, dim=-1)
+        q_draft = self._probs(logits)
         q = torch.zeros(self.vocab, device=logits.device)
         q[self.draft_ids] = q_draft
         token = int(self.draft_ids[torch.multinomial(q_draft, 1, generator=self.generator)])
@@ -217,8 +238,9 @@ class TreeDecoder(SpeculativeDecoder):
     """
 
     def __init__(self, model, draft, steps: int, eos_ids: Sequence[int], topk: int, num_draft_tokens: int,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(model, draft, steps, eos_ids, temperature, generator)
+                 temperature: float = 0.0, generator: torch.Generator | None = None, top_k: int = 0,
+                 top_p: float = 1.0) -> None:
+        super().__init__(model, draft, steps, eos_ids, temperature, generator, top_k, top_p)
         self.topk, self.num_draft_tokens = topk, num_draft_tokens
         self.target_id = self.draft_ids.tolist()  # draft id -> target id, on the host (no sync per candidate)
 
@@ -374,8 +396,9 @@ class TreeDecoder(SpeculativeDecoder):
 
 @torch.no_grad()
 def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Sequence[int], temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> Decoded:
-    """The baseline: one target forward pass per token, with a KV cache."""
+                 generator: torch.Generator | None = None, top_k: int = 0, top_p: float = 1.0) -> Decoded:
+    """The baseline: one target forward pass per token, with a KV cache (sampling from
+    :func:`sampling_probs` when ``temperature`` > 0)."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -392,7 +415,7 @@ def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Seq
         if temperature == 0:
             token = int(logits.argmax(-1))
         else:
-            token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+            token = int(torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator))
         out.append(token)
         if token in eos:
             break

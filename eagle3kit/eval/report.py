@@ -51,6 +51,14 @@ def finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def sampling_filters(cfg: dict[str, Any]) -> str:
+    """", top-k K, top-p P" for the filters a sampled run used ("" when greedy or unfiltered)."""
+    if not cfg.get("temperature"):
+        return ""
+    parts = [f"top-k {cfg['top_k']}" if cfg.get("top_k") else "", f"top-p {cfg['top_p']}" if cfg.get("top_p", 1.0) < 1.0 else ""]
+    return "".join(f", {p}" for p in parts if p)
+
+
 def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
     from rich.table import Table
 
@@ -62,7 +70,8 @@ def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
     else:
         how = f"{cfg.steps} draft tokens per pass"
     rule = f" ({report['acceptance_rule']} acceptance)" if report.get("acceptance_rule") not in (None, "greedy") else ""
-    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}{rule}")
+    table = Table(title=f"eagle3kit eval: {report['prompts']} prompts, {how}, temperature {cfg.temperature}"
+                        f"{sampling_filters(asdict(cfg))}{rule}")
     table.add_column("draft position", justify="right")
     table.add_column("acceptance rate (given the previous)", justify="right")
     table.add_column("reached", justify="right")

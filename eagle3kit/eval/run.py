@@ -23,6 +23,8 @@ class EvalConfig:
     max_new_tokens: int = 256
     steps: int = 6
     temperature: float = 0.0
+    top_k: int = 0  # with temperature > 0: sample from the k most likely tokens only (0: all)
+    top_p: float = 1.0  # with temperature > 0: nucleus sampling (1.0: off)
     seed: int = 0
     dtype: str = "auto"
     json_path: str | None = None
@@ -120,14 +122,14 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     size = tree_size(cfg)
     if size is None:
-        decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen)
+        decoder = SpeculativeDecoder(model, draft, cfg.steps, eos, cfg.temperature, gen, cfg.top_k, cfg.top_p)
     else:
-        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size, cfg.temperature, gen)
+        decoder = TreeDecoder(model, draft, cfg.steps, eos, cfg.topk, size, cfg.temperature, gen, cfg.top_k, cfg.top_p)
 
     # warm up kernels and allocator once, outside the timings
     decoder.generate(prompts[0], min(8, cfg.max_new_tokens))
     if not cfg.no_baseline:
-        plain_decode(model, prompts[0], min(8, cfg.max_new_tokens), eos, cfg.temperature, gen)
+        plain_decode(model, prompts[0], min(8, cfg.max_new_tokens), eos, cfg.temperature, gen, cfg.top_k, cfg.top_p)
 
     spec, base = [], []
     with ui.progress("speculative decoding", total=len(prompts)) as task:
@@ -140,7 +142,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         gen.manual_seed(cfg.seed)
         with ui.progress("plain decoding (baseline)", total=len(prompts)) as task:
             for ids in prompts:
-                base.append(plain_decode(model, ids, cfg.max_new_tokens, eos, cfg.temperature, gen))
+                base.append(plain_decode(model, ids, cfg.max_new_tokens, eos, cfg.temperature, gen, cfg.top_k, cfg.top_p))
                 _sync(device)
                 task.update(advance=1)
 
@@ -173,8 +175,13 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
     prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
-    return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, cfg.temperature,
-                                         cfg.timeout, ui), cfg)
+    sampling: dict[str, Any] = {"temperature": cfg.temperature}
+    if cfg.temperature > 0 and cfg.top_k:
+        sampling["top_k"] = cfg.top_k
+    if cfg.temperature > 0 and cfg.top_p < 1.0:
+        sampling["top_p"] = cfg.top_p
+    return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui),
+                  cfg)
 
 
 def _sync(device: torch.device) -> None:

@@ -110,9 +110,9 @@ def detect_engine(server: Server) -> str:
                     "(/get_server_info); give --engine sglang|vllm")
 
 
-def _sglang_one(server: Server, ids: list[int], max_new_tokens: int, temperature: float) -> tuple[int, int, int]:
+def _sglang_one(server: Server, ids: list[int], max_new_tokens: int, sampling: dict[str, Any]) -> tuple[int, int, int]:
     out = server.json("POST", "/generate", {"input_ids": ids, "sampling_params": {
-        "temperature": temperature, "max_new_tokens": max_new_tokens}})
+        **sampling, "max_new_tokens": max_new_tokens}})
     if isinstance(out, list):
         out = out[0]
     meta = out.get("meta_info", {}) if isinstance(out, dict) else {}
@@ -134,18 +134,19 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> tuple[int, int, dic
 
 
 def _vllm_one(server: Server, model: str, ids: list[int], max_new_tokens: int,
-              temperature: float) -> tuple[int, int, int, dict[int, float]]:
+              sampling: dict[str, Any]) -> tuple[int, int, int, dict[int, float]]:
     before = _scrape(server)
     out = server.json("POST", "/v1/completions", {"model": model, "prompt": ids, "max_tokens": max_new_tokens,
-                                                  "temperature": temperature})
+                                                  **sampling})
     drafts, accepted, per_position = _delta(_scrape(server), before)
     return int(out.get("usage", {}).get("completion_tokens", 0)), drafts + accepted, drafts, per_position
 
 
-def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_tokens: int, sampling: dict[str, Any],
                       timeout: float, ui: UI) -> dict[str, Any]:
-    """Decode ``prompts`` one at a time on the server; the report (tau with its interval,
-    per-position acceptance where the engine counts it, tokens/s)."""
+    """Decode ``prompts`` one at a time on the server with the ``sampling`` parameters
+    (``temperature``, and ``top_k`` / ``top_p`` where set); the report (tau with its
+    interval, per-position acceptance where the engine counts it, tokens/s)."""
     from eagle3kit.eval.report import bootstrap_interval
 
     server = Server(url, timeout)
@@ -160,9 +161,9 @@ def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_t
     with ui.progress(f"decoding on the {engine} server", total=len(prompts)) as task:
         for ids in prompts:
             if engine == "sglang":
-                completion, made, verified = _sglang_one(server, ids, max_new_tokens, temperature)
+                completion, made, verified = _sglang_one(server, ids, max_new_tokens, sampling)
             else:
-                completion, made, verified, positions = _vllm_one(server, model, ids, max_new_tokens, temperature)
+                completion, made, verified, positions = _vllm_one(server, model, ids, max_new_tokens, sampling)
                 for p, v in positions.items():
                     per_position[p] = per_position.get(p, 0.0) + v
             completions.append(completion)

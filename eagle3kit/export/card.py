@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from eagle3kit import __version__
+from eagle3kit.eval.report import sampling_filters
 from eagle3kit.export.folder import ENGINE
 
 CARD = "README.md"
@@ -43,7 +44,7 @@ def _eval_section(report: dict[str, Any]) -> list[str]:
     low, high = report.get("tau_ci95", [float("nan")] * 2)
     lines = ["## Acceptance", "",
              f"Measured with `eagle3kit eval` (real speculative decoding, {_drafting(report)}, temperature "
-             f"{cfg.get('temperature', '?')}) on {report.get('prompts', '?')} prompts of "
+             f"{cfg.get('temperature', '?')}{sampling_filters(cfg)}) on {report.get('prompts', '?')} prompts of "
              f"`{cfg.get('data_path', '?')}`, {report.get('device', '?')}, {report.get('dtype', '?')}:", "",
              "| acceptance length tau (95% CI) | speed-up over plain decoding | identical to greedy |",
              "| --- | --- | --- |"]
