@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from eagle3kit import __version__
-from eagle3kit.errors import UserError
+from eagle3kit.errors import UserError, first_line
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -161,7 +161,7 @@ def resolve_draft(name: str | Path) -> Path:
 
         return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.pt"]))
     except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: all the user's to fix
-        first = (str(error).splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise UserError(f"{name}: not a local folder, and fetching it from the Hugging Face Hub failed ({first}); "
                         "download it (huggingface-cli download) and pass the folder") from None
 

@@ -5,6 +5,12 @@ status 2; anything else is a bug and keeps its traceback.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a library's often goes on for pages), or its
+    type's name when it has none: for quoting it inside a :class:`UserError`."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class Eagle3KitError(Exception):
     """Base class of every error eagle3kit raises on purpose."""
 

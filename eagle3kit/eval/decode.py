@@ -64,6 +64,21 @@ def cache_kwarg(model, cache) -> dict[str, Any]:
     return {name: cache}
 
 
+def _through_end(tokens: list[int], eos: set[int]) -> list[int]:
+    """``tokens`` up to and including the first end-of-turn token, if any."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _crop_cache(cache, length: int) -> None:
+    """Cut the target's KV cache back to ``length`` positions."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)  # a negative count: what every transformers version takes
+
+
 @dataclass
 class Decoded:
     tokens: list[int]
@@ -185,18 +200,10 @@ class SpeculativeDecoder:
                 accepted, nxt = int(a), int(nx)
             result.passes += 1
             result.accepted.append(accepted)
-            new = proposals[:accepted] + [nxt]
-            # stop at an end-of-turn token inside the accepted run
-            for i, t in enumerate(new):
-                if t in self.eos:
-                    new = new[: i + 1]
-                    break
-            out.extend(new)
+            out.extend(_through_end(proposals[:accepted] + [nxt], self.eos))
             # keep the target cache for token + accepted proposals; the new token is not in it yet
             kept = pos + 1 + accepted
-            excess = cache.get_seq_length() - kept
-            if excess > 0:
-                cache.crop(-excess)
+            _crop_cache(cache, kept)
             # the draft re-reads the accepted positions with the target's true features
             state.crop(pos)
             next_tokens = torch.tensor(proposals[:accepted] + [nxt], device=device)
@@ -347,20 +354,13 @@ class TreeDecoder(SpeculativeDecoder):
             result.passes += 1
             result.accepted.append(len(path))
             new = [nodes[i].token for i in path] + [nxt]
-            for k, t in enumerate(new):
-                if t in self.eos:
-                    new = new[: k + 1]
-                    break
-            out.extend(new)
+            out.extend(_through_end(new, self.eos))
             # commit the pending tokens; the accepted ones are read again next pass
-            excess = cache.get_seq_length() - (pos + p)
-            if excess > 0:
-                cache.crop(-excess)  # a negative count: what every transformers version takes
+            _crop_cache(cache, pos + p)
             state.crop(pos + p - 1)
             rows = torch.tensor([p - 1] + [row_of[i] for i in path], device=device)
-            hidden = state.forward(features[:, rows], torch.tensor([nodes[i].token for i in path] + [nxt], device=device),
-                                   self.embed, pos + p - 1)
-            pos, pending = pos + p, [nodes[i].token for i in path] + [nxt]
+            hidden = state.forward(features[:, rows], torch.tensor(new, device=device), self.embed, pos + p - 1)
+            pos, pending = pos + p, new
         result.tokens = out[:max_new_tokens]
         result.seconds = time.perf_counter() - start_time
         return result

@@ -51,12 +51,17 @@ def finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def sampling_filters(cfg: dict[str, Any]) -> str:
-    """", top-k K, top-p P" for the filters a sampled run used ("" when greedy or unfiltered)."""
+def active_filters(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The sampling filters a run used (``top_k``, ``top_p``), those that are on and only
+    when it samples (temperature > 0)."""
     if not cfg.get("temperature"):
-        return ""
-    parts = [f"top-k {cfg['top_k']}" if cfg.get("top_k") else "", f"top-p {cfg['top_p']}" if cfg.get("top_p", 1.0) < 1.0 else ""]
-    return "".join(f", {p}" for p in parts if p)
+        return {}
+    return {key: cfg[key] for key, off in (("top_k", 0), ("top_p", 1.0)) if cfg.get(key, off) != off}
+
+
+def sampling_filters(cfg: dict[str, Any]) -> str:
+    """", top-k K, top-p P" for :func:`active_filters` ("" when there are none)."""
+    return "".join(f", {key.replace('_', '-')} {value}" for key, value in active_filters(cfg).items())
 
 
 def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from eagle3kit.errors import UserError
 from eagle3kit.eval.decode import SpeculativeDecoder, TreeDecoder, plain_decode
-from eagle3kit.eval.report import finish, summarize
+from eagle3kit.eval.report import active_filters, finish, summarize
 from eagle3kit.train.data import end_of_turn_ids
 from eagle3kit.ui import UI
 
@@ -175,11 +175,7 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
     prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
-    sampling: dict[str, Any] = {"temperature": cfg.temperature}
-    if cfg.temperature > 0 and cfg.top_k:
-        sampling["top_k"] = cfg.top_k
-    if cfg.temperature > 0 and cfg.top_p < 1.0:
-        sampling["top_p"] = cfg.top_p
+    sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
     return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui),
                   cfg)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eagle3kit.errors import UserError
+from eagle3kit.errors import UserError, first_line
 from eagle3kit.export.card import serve_hint
 from eagle3kit.export.check import _check_folder, _engine_problems
 from eagle3kit.export.folder import ENGINE, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
@@ -124,7 +124,7 @@ def push_folder(folder: Path, repo_id: str, private: bool, message: str) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message)
     except Exception as error:  # noqa: BLE001 - no login, no network, no rights: the user's to fix
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise UserError(f"--push-to-hub {repo_id}: the upload failed ({first}); the export is in {folder}. Log in "
                         "(`huggingface-cli login` or HF_TOKEN) and run the export again, or upload the folder "
                         "yourself") from None

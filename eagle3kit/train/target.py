@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from eagle3kit.errors import UserError
+from eagle3kit.errors import UserError, first_line
 from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal_mask, flex_block_mask,
                                        register_target_flex)
 from eagle3kit.train.draft import text_config
@@ -34,7 +34,7 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
     elif not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         reason = "no such folder"
     else:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        reason = first_line(error).rstrip(".")
     return UserError(f"cannot load {what} {path!r}: {reason}. Give a local folder with config.json, the tokenizer "
                      "and weights, or a Hub id (set HF_TOKEN for gated models; HF_HUB_OFFLINE=1 uses the local "
                      "cache only).")
