@@ -198,3 +198,34 @@ def test_a_target_that_cannot_be_loaded_is_named(tmp_path):
         assert reason in str(error.value) and "Hub id" in str(error.value)
         with pytest.raises(UserError, match=f"cannot load the target model '{path}': "):
             load_target_model(path, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_a_base_model_without_a_chat_template_is_refused_by_every_command(tiny_target, mixed_data, tmp_path):
+    """train, eval and regenerate all render conversations with the chat template: a base
+    model's tokenizer is named at load time, before any weights are read."""
+    import json
+    import shutil
+
+    from train_fixtures import run_cli
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.target import load_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_target, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "model.safetensors").write_bytes(b"not weights")  # never read: the tokenizer is refused first
+    with pytest.raises(UserError, match=f"the tokenizer of '{base}' has no chat template; use an instruct/chat model"):
+        load_tokenizer(str(base))
+    assert load_tokenizer(str(base), chat=False).chat_template is None
+    data = str(mixed_data / "test.jsonl")
+    for args in (["train", "--trainpath", data, "--savedir", str(tmp_path / "run"), "--max-steps", "1"],
+                 ["eval", "--draft", str(tiny_target), "--data", data],
+                 ["regenerate", "--input", data, "--out", str(tmp_path / "regen.jsonl")]):
+        result = run_cli([args[0], "--basepath", str(base), *args[1:]])
+        assert result.returncode != 0
+        assert f"the tokenizer of '{base}' has no chat template" in result.stderr, (args[0], result.stderr[-2000:])
+        assert "Traceback" not in result.stderr

@@ -31,8 +31,6 @@ class HFBackend:
         else:
             dtype = torch.float32
         tokenizer = load_tokenizer(cfg.basepath)
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise UserError(f"the tokenizer of {cfg.basepath!r} has no chat template; use an instruct/chat model")
         ui.log(f"loading {cfg.basepath} on {device} ({str(dtype).replace('torch.', '')})")
         self.model = load_target_model(cfg.basepath, device=device, dtype=dtype)
         tokenizer.padding_side = "left"

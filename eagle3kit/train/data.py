@@ -65,17 +65,21 @@ def to_messages(conversation: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": ROLES[m["from"]], "content": m["value"]} for m in conversation]
 
 
+def require_chat_template(tokenizer, name: str | None = None) -> None:
+    """Raise :class:`TemplateError` for a tokenizer without a chat template (a base model's)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = name or getattr(tokenizer, "name_or_path", "")
+        raise TemplateError(f"the tokenizer of {name!r} has no chat template; use an instruct/chat model, or set "
+                            "chat_template in its tokenizer_config.json")
+
+
 def _render(tokenizer, messages, generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """Render ``messages``; return the text and the character span of every assistant turn."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise TemplateError(
-            f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
-            "use an instruct/chat model, or set tokenizer.chat_template in its tokenizer_config.json"
-        )
+    require_chat_template(tokenizer)
     full = _render(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):

@@ -40,14 +40,20 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
                      "cache only).")
 
 
-def load_tokenizer(path: str):
-    """The target's tokenizer (``AutoTokenizer.from_pretrained``), with a clear error."""
+def load_tokenizer(path: str, chat: bool = True):
+    """The target's tokenizer (``AutoTokenizer.from_pretrained``), with a clear error;
+    ``chat``: it must have a chat template (every command renders conversations with it)."""
     from transformers import AutoTokenizer
 
+    from eagle3kit.train.data import require_chat_template
+
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise _load_error("the tokenizer of", path, error) from None
+    if chat:
+        require_chat_template(tokenizer, path)
+    return tokenizer
 
 
 def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
