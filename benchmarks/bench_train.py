@@ -56,10 +56,13 @@ def set_attention(model, impl: str) -> None:
         model.config._attn_implementation = impl
 
 
-def timed(fn, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
+def timed(fn, steps: int, warmup: int, label: str = "") -> list[float]:
+    for i in range(warmup):  # each warm-up step is printed: the first holds the compilation, a stall shows here
+        t = time.perf_counter()
         fn()
-    sync()
+        sync()
+        if label:
+            print(f"#   {label}: warm-up step {i + 1} took {time.perf_counter() - t:.2f}s", flush=True)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -97,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-activations", action="store_true")
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--no-baseline", action="store_true", help="do not time the every-position baseline")
+    ap.add_argument("--baseline-max-tokens", type=int, default=None,
+                    help="time the every-position baseline only at --max-tokens up to this many")
     ap.add_argument("--answer-share", type=float, default=0.5,
                     help="share of each 512-token turn that is answer (loss-masked); the rest is prompt")
     ap.add_argument("--json", default=None)
@@ -135,6 +140,8 @@ def main(argv=None) -> int:
         row = {"name": name, "median_s": med, "tokens": tokens, "tokens_per_s": tokens / med, **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.json:  # after every row: a run stopped by its time box keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         return row
 
     t0 = time.perf_counter()
@@ -166,7 +173,7 @@ def main(argv=None) -> int:
 
         print(f"# timing the target step at {max_tokens} tokens", flush=True)
         with torch.no_grad():
-            times = timed(target_step, args.steps, args.warmup)
+            times = timed(target_step, args.steps, args.warmup, label="target step")
         report(f"target step ({target_impl}, packed, restricted logits)", times, tokens, max_tokens=max_tokens)
 
         draft_config = DraftConfig.from_target(config, draft_vocab)
@@ -188,13 +195,14 @@ def main(argv=None) -> int:
 
         label = (f"draft attention {backend}, ttt {args.ttt_length}"
                  f"{', checkpointing' if args.checkpoint_activations else ''}")
-        variants = [True] if args.no_baseline else [True, False]
+        baseline = not args.no_baseline and (args.baseline_max_tokens is None or max_tokens <= args.baseline_max_tokens)
+        variants = [True, False] if baseline else [True]
         timings: dict[bool, list[float]] = {v: [] for v in variants}
         peaks: dict[bool, float] = {}
         print(f"# timing the train step at {max_tokens} tokens", flush=True)
         for live_only in variants:  # warm-up of each, then interleaved timed rounds
-            for _ in range(args.warmup):
-                train_step(live_only)
+            timed(lambda: train_step(live_only), 0, args.warmup,
+                  label=f"train step{'' if live_only else ', every position'}")
         for _ in range(args.steps):
             for live_only in variants:
                 if cuda:
@@ -204,7 +212,7 @@ def main(argv=None) -> int:
                     peaks[live_only] = max(peaks.get(live_only, 0.0), torch.cuda.max_memory_allocated() / 2**30)
         peak = peaks.get(True, float("nan"))
         row = report(f"train step ({label})", timings[True], tokens, max_tokens=max_tokens, peak_gib=peak)
-        if not args.no_baseline:
+        if baseline:
             base = report(f"train step, every position ({label})", timings[False], tokens, max_tokens=max_tokens,
                           peak_gib=peaks.get(False, float("nan")))
             row["speedup_vs_every_position"] = base["median_s"] / row["median_s"]
@@ -219,8 +227,6 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.empty_cache()
         set_attention(model, "sdpa")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
