@@ -37,6 +37,7 @@ def test_packed_row_gives_each_conversation_its_own_features(tiny_target):
         assert alone.in_vocab.tolist() == (logits.argmax(-1) % 3 == 0).tolist()
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the CPU reference path
 def test_flex_target_attention_matches_sdpa_on_a_packed_row(tiny_target):
     """The target's block-sparse flex kernel (the GPU default) gives the sdpa features;
     checked with flex attention's uncompiled CPU forward."""
