@@ -97,7 +97,8 @@ def plugins():
 
 @cli.command()
 @click.option("--source", "sources_", multiple=True, metavar="NAME[:key=value,...]",
-              help="A registered source, with options: path=FILE_OR_DIR (local copy), limit=N, weight=W. "
+              help="A registered source, with options: path=FILE_OR_DIR (local copy), repo=ID[@REV] (another Hub "
+                   "dataset in its format; split=, files=), limit=N, weight=W (see `eagle3kit sources`). "
                    f"Repeat for several. Default: {' + '.join(DEFAULT_SOURCES)}.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for train.jsonl, test.jsonl and manifest.json. Default: <cache-dir>/mixed.")

@@ -3,7 +3,8 @@
 Two ways in:
 
 * the Hub (``datasets.load_dataset`` with ``cache_dir``), trying the source's
-  repositories in fallback order and logging every failure with its reason;
+  repositories in fallback order and logging every failure with its reason, or the
+  one dataset ``--source NAME:repo=ID[@REVISION]`` names (in the source's format);
 * a local copy (``--source NAME:path=...``): ``.jsonl``, ``.json`` (a JSON array, or
   JSON lines), ``.parquet``, a ``save_to_disk`` folder, or a folder laid out like the
   Hub repository.
@@ -17,6 +18,7 @@ the file size, nothing but a small index is written, and records of any shape su
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -400,8 +402,19 @@ def _data_files(repo: HubRepo):
     return files
 
 
-def load_raw(source: Source, options: dict[str, Any], cache_dir: Path, log: Callable[[str], None] = print) -> RawData:
-    """Load ``source`` from ``options['path']`` when given, else from the Hub."""
+def option_repo(source: Source, options: dict[str, Any]) -> HubRepo:
+    """The Hub dataset ``--source NAME:repo=ID[@REVISION],split=S,files=F`` names."""
+    repo_id, _, revision = options["repo"].partition("@")
+    split = options.get("split") or (source.repos[0].split if source.repos else "train")
+    return HubRepo(repo_id, split=split, data_files=options.get("files") or None, revision=revision or None)
+
+
+def load_raw(source: Source, options: dict[str, Any], cache_dir: Path, log: Callable[[str], None] = print,
+             load_dataset: Callable[..., Any] | None = None) -> RawData:
+    """Load ``source`` from ``options['path']`` when given, else from the Hub: the
+    dataset ``options['repo']`` names, or else the source's own repositories."""
     if options.get("path"):
         return load_local(source, options["path"], cache_dir)
-    return load_hub(source, cache_dir, log)
+    if options.get("repo"):
+        source = dataclasses.replace(source, repos=(option_repo(source, options),))
+    return load_hub(source, cache_dir, log, load_dataset)

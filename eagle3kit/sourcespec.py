@@ -1,6 +1,7 @@
 """``--source NAME[:key=value,...]``: parse the text and check the options.
 
-Every source accepts ``path``, ``limit`` and ``weight``; a source may declare more
+Every source accepts ``path``, ``repo`` (with ``split`` and ``files``), ``limit`` and
+``weight``; a source may declare more
 (:class:`eagle3kit.Option`). Errors name the option and what it accepts.
 """
 
@@ -28,9 +29,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _hub_repo(text: str) -> str:
+    if not text.partition("@")[0] or text.endswith("@") or any(c.isspace() for c in text):
+        raise ValueError("expected a dataset id such as org/name, or org/name@REVISION")
+    return text
+
+
+def _file_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not patterns:
+        raise ValueError("expected file names or glob patterns, comma-separated")
+    return patterns
+
+
 #: Options every source accepts.
 COMMON_OPTIONS = (
     Option("path", "a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub"),
+    Option("repo", "another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's "
+                   "own repositories", _hub_repo),
+    Option("split", "with repo: the split to read (default: the source's, else train)"),
+    Option("files", "with repo: read only these data files (names or glob patterns, comma-separated)", _file_patterns),
     Option("limit", "read only the first N raw records", _non_negative_int),
     Option("weight", "share of the final mix (relative to the other sources' weights)", _positive_float),
 )
@@ -88,4 +106,10 @@ def resolve_options(source: Source, spec: SourceSpec) -> dict[str, Any]:
             values[key] = opt.parse(text)
         except (TypeError, ValueError) as error:
             raise UserError(f"--source {spec.name}: bad value {text!r} for option {key!r} ({opt.help}): {error}") from None
+    if "path" in seen and "repo" in seen:
+        raise UserError(f"--source {spec.name}: give path (a local copy) or repo (a Hub dataset), not both")
+    for key in ("split", "files"):
+        if key in seen and "repo" not in seen:
+            raise UserError(f"--source {spec.name}: option {key!r} goes with repo=ID (a Hub dataset); "
+                            "a local path= is read whole")
     return values

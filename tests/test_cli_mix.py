@@ -112,6 +112,10 @@ def test_sources_lists_plugin_version_repositories_and_options():
     assert repos.startswith("HuggingFaceH4/ultrachat_200k")
     assert options == (
         "path: a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub\n"
+        "repo: another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
+        "repositories\n"
+        "split: with repo: the split to read (default: the source's, else train)\n"
+        "files: with repo: read only these data files (names or glob patterns, comma-separated)\n"
         "limit: read only the first N raw records\n"
         "weight: share of the final mix (relative to the other sources' weights)"
     )

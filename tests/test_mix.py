@@ -104,7 +104,8 @@ def test_small_mix_exact_records_counts_and_order(registry, tmp_path, small):
     assert manifest["seed"] == 0 and manifest["test_ratio"] == 0.5 and manifest["dedup"] is True
     assert manifest["eagle3kit_version"] == eagle3kit.__version__ and manifest["rules_version"] == mix.RULES_VERSION
     assert manifest["plugins"] == {"sharegpt": f"eagle3kit {eagle3kit.__version__}", "ultrachat": f"eagle3kit {eagle3kit.__version__}"}
-    assert ultra["options"] == {"path": str(small.ultra), "limit": None, "weight": None}
+    assert ultra["options"] == {"path": str(small.ultra), "repo": None, "split": None, "files": None, "limit": None,
+                                "weight": None}
     assert manifest["reused"] is False
     assert len(manifest["fingerprint"]) == 32
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -677,3 +678,21 @@ def test_json_column_reads_rows_in_any_order_across_sources_and_shards(registry,
         assert column.lines(rows[:0]) == b""
     finally:
         column.close()
+
+
+def test_repo_option_mixes_another_dataset_in_the_sources_format(registry, tmp_path):
+    """``sharegpt:repo=...,files=...``: a ShareGPT-format dataset other than the built-in
+    ones (a local folder stands in for a Hub repository: ``load_dataset`` takes both),
+    only the named files; the manifest says where the records came from."""
+    folder = tmp_path / "my-sharegpt"
+    write_json(folder / "part1.json", [sharegpt_record(("human", "Q1"), ("gpt", "A1"), id="a"),
+                                      sharegpt_record(("human", "Q2"), ("gpt", "A2"), id="b")])
+    write_json(folder / "part2.json", [sharegpt_record(("human", "Q3"), ("gpt", "A3"), id="c")])
+    do_mix(registry, tmp_path, f"sharegpt:repo={folder},files=part1.json", test_ratio=0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    source = manifest["sources"][0]
+    assert source["loaded_from"] == f"{folder} [train] (part1.json)"
+    assert source["options"]["repo"] == str(folder) and source["options"]["files"] == ["part1.json"]
+    assert by_id(tmp_path / "out" / "train.jsonl") == {"sharegpt_0": [H("Q1"), G("A1")], "sharegpt_1": [H("Q2"), G("A2")]}
+    every = do_mix(registry, tmp_path, f"sharegpt:repo={folder}", out="out2", test_ratio=0)
+    assert every["sources"][0]["rows_read"] == 3 and every["fingerprint"] != manifest["fingerprint"]

@@ -427,3 +427,30 @@ def test_source_without_repositories_needs_a_path(tmp_path):
     with pytest.raises(UserError) as info:
         load_hub(LOCAL, tmp_path / "cache")
     assert str(info.value) == "source 'local' has no Hub repository; give a local copy with --source local:path=FILE"
+
+
+def test_repo_option_loads_that_dataset_instead_of_the_sources_repositories(tmp_path):
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return ["row"]
+
+    cache = str(tmp_path / "cache" / "hub")
+    options = {"path": None, "repo": "org/mine@abc123", "split": None, "files": ("a.json", "b/*.json")}
+    raw = load_raw(ULTRA, options, tmp_path / "cache", load_dataset=fake_load_dataset)
+    assert calls == [(("org/mine", None), {"split": "train_sft", "data_files": ["a.json", "b/*.json"],
+                                           "revision": "abc123", "cache_dir": cache})]  # the source's split by default
+    assert raw.origin == "org/mine [train_sft] (a.json, b/*.json)" and raw.attempts[0]["error"] == ""
+    calls.clear()
+    load_raw(LOCAL, {"repo": "org/other", "split": "dev", "files": None}, tmp_path / "cache", load_dataset=fake_load_dataset)
+    assert calls == [(("org/other", None), {"split": "dev", "data_files": None, "revision": None, "cache_dir": cache})]
+
+
+def test_repo_option_that_cannot_load_is_named_without_trying_the_sources_own(tmp_path):
+    logged = []
+    with pytest.raises(UserError) as info:
+        load_raw(ULTRA, {"repo": OFFLINE_REPO}, tmp_path / "cache", log=logged.append)
+    assert str(info.value).startswith(f"could not load source 'ultrachat' from any of its repositories:\n"
+                                      f"  - {OFFLINE_REPO} [train_sft]: ConnectionError")
+    assert "HuggingFaceH4" not in str(info.value) and len(logged) == 1

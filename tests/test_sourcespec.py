@@ -47,25 +47,26 @@ def test_parse_errors_say_what_is_expected(text, message):
 
 
 def test_common_options_and_source_options():
-    assert [o.name for o in COMMON_OPTIONS] == ["path", "limit", "weight"]
+    assert [o.name for o in COMMON_OPTIONS] == ["path", "repo", "split", "files", "limit", "weight"]
     extra = Option("lang", "language code", str, "en")
     source = Source(name="s", description="d", options=(extra,))
-    assert [o.name for o in source_options(source)] == ["path", "limit", "weight", "lang"]
+    assert [o.name for o in source_options(source)] == ["path", "repo", "split", "files", "limit", "weight", "lang"]
 
 
 def test_resolve_defaults():
-    assert resolve_options(ULTRA, SourceSpec.parse("ultrachat")) == {"path": None, "limit": None, "weight": None}
+    assert resolve_options(ULTRA, SourceSpec.parse("ultrachat")) == {"path": None, "repo": None, "split": None, "files": None, "limit": None, "weight": None}
 
 
 def test_resolve_parses_values():
     options = resolve_options(ULTRA, SourceSpec.parse("ultrachat:path=x.jsonl,limit=0,weight=0.25"))
-    assert options == {"path": "x.jsonl", "limit": 0, "weight": 0.25}
+    assert options == {"path": "x.jsonl", "repo": None, "split": None, "files": None, "limit": 0, "weight": 0.25}
     assert type(options["limit"]) is int and type(options["weight"]) is float
 
 
 def test_resolve_source_specific_option_with_default_and_parser():
     source = Source(name="s", description="d", options=(Option("turns", "max turns", int, 4), Option("lang", "code")))
-    assert resolve_options(source, SourceSpec.parse("s")) == {"path": None, "limit": None, "weight": None, "turns": 4, "lang": None}
+    assert resolve_options(source, SourceSpec.parse("s")) == {"path": None, "repo": None, "split": None, "files": None, "limit": None, "weight": None, "turns": 4,
+                                                              "lang": None}
     assert resolve_options(source, SourceSpec.parse("s:turns=7,lang=de"))["turns"] == 7
 
 
@@ -75,6 +76,10 @@ def test_unknown_option_names_it_and_lists_what_is_accepted():
     assert str(info.value) == (
         "--source ultrachat: unknown option 'lmit'. ultrachat accepts: "
         "path (a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub), "
+        "repo (another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
+        "repositories), "
+        "split (with repo: the split to read (default: the source's, else train)), "
+        "files (with repo: read only these data files (names or glob patterns, comma-separated)), "
         "limit (read only the first N raw records), "
         "weight (share of the final mix (relative to the other sources' weights))"
     )
@@ -117,3 +122,25 @@ def test_plugin_option_parser_errors_are_reported_the_same_way():
     with pytest.raises(UserError) as info:
         resolve_options(source, SourceSpec.parse("s:fancy=maybe"))
     assert str(info.value) == "--source s: bad value 'maybe' for option 'fancy' (fancy mode): expected yes or no"
+
+
+def test_repo_split_and_files_name_another_hub_dataset():
+    options = resolve_options(ULTRA, SourceSpec.parse("ultrachat:repo=org/data@v1.0,split=test,files=a.json,b/*.json"))
+    assert (options["repo"], options["split"], options["files"]) == ("org/data@v1.0", "test", ("a.json", "b/*.json"))
+    assert resolve_options(ULTRA, SourceSpec.parse("ultrachat:repo=org/data"))["repo"] == "org/data"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ultrachat:path=x.json,repo=org/d", "--source ultrachat: give path (a local copy) or repo (a Hub dataset), not both"),
+    ("ultrachat:split=test", "--source ultrachat: option 'split' goes with repo=ID (a Hub dataset); a local path= is "
+                             "read whole"),
+    ("ultrachat:path=x.json,files=a.json", "--source ultrachat: option 'files' goes with repo=ID (a Hub dataset); a "
+                                           "local path= is read whole"),
+    ("ultrachat:repo=org/d@", "--source ultrachat: bad value 'org/d@' for option 'repo'"),
+    ("ultrachat:repo=@main", "--source ultrachat: bad value '@main' for option 'repo'"),
+    ("ultrachat:repo=org/d,files=", "--source ultrachat: bad value '' for option 'files'"),
+])
+def test_repo_options_that_cannot_work_are_refused(text, message):
+    with pytest.raises(UserError) as info:
+        resolve_options(ULTRA, SourceSpec.parse(text))
+    assert str(info.value).startswith(message)
