@@ -437,3 +437,21 @@ def test_eager_attention_per_conversation_equals_the_dense_mask():
         out, lse = conversation_eager_causal(qr, k, v, mask.spans, rows)
         torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(lse, want_lse, rtol=1e-12, atol=1e-12)
+
+
+def test_scaled_embeddings_give_the_same_loss():
+    """Gemma's embedding module multiplies by sqrt(hidden); SGLang's and vLLM's drafts read
+    the raw embedding rows. The draft normalises the embeddings before anything else, so a
+    draft trained on either scale serves the same (up to the norm's epsilon)."""
+    torch.manual_seed(0)
+    config = small_config()
+    draft = Eagle3Draft(config).double()
+    draft.set_vocab(torch.arange(0, 40, 2))
+    positions, doc, loss_mask, target = make_inputs(config, [9, 5, 12])
+    mask = PackedMask.build(doc, "eager")
+    losses = []
+    for scale in (1.0, math.sqrt(config.hidden_size)):
+        scaled = TargetOutputs(target.aux.double(), target.embeds.double() * scale, target.probs.double(), target.in_vocab)
+        losses.append(ttt_loss(draft, scaled, positions, doc, loss_mask, mask, ttt_length=4)[0])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
+    assert losses[0] != losses[1]  # equal through the norm, not because the embeddings were ignored
