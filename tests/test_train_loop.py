@@ -38,6 +38,20 @@ def test_training_learns_far_above_chance(trained_run):
     assert all(h2["tau_sim"] >= h1["tau_sim"] - 0.5 for h1, h2 in zip(history, history[1:]))  # a curve, not noise
 
 
+def test_the_plan_is_printed_before_training(trained_run):
+    """Data, packing and steps, consistent with each other: the rows hold every token."""
+    import re
+
+    log = " ".join((trained_run.parent / "train.log").read_text().split())
+    tokens = int(re.search(r"data: [\d,]+ conversations, ([\d,]+) tokens", log).group(1).replace(",", ""))
+    rows, width, full = re.search(r"packing: ([\d,]+) rows of ([\d,]+) tokens per epoch, ([\d.]+)% full", log).groups()
+    rows, width = int(rows.replace(",", "")), int(width.replace(",", ""))
+    assert width == 512 and rows >= -(-tokens // width)
+    assert float(full) == round(100 * tokens / (rows * width), 1)
+    steps = int(re.search(r"1 rank\(s\), ([\d,]+) optimizer steps per epoch", log).group(1).replace(",", ""))
+    assert steps == rows  # one rank, no gradient accumulation: a row a step
+
+
 def test_saved_draft_is_servable_and_reloads_exactly(trained_run):
     s = summary(trained_run)
     latest = trained_run / "latest"

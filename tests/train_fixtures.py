@@ -66,6 +66,7 @@ def trained_run(tmp_path_factory, tiny_target, mixed_data) -> Path:
                       "--testpath", str(mixed_data / "test.jsonl"), "--savedir", str(save / "ck"),
                       "--cache-dir", str(save / "cache"), "--num-epochs", "1", "--eval-every", "20", *TRAIN_ARGS])
     assert result.returncode == 0, result.stderr[-4000:]
+    (save / "train.log").write_text(result.stderr)
     return save / "ck"
 
 

@@ -248,9 +248,11 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     module = DraftTrainer(draft).to(device)
 
     lengths = np.asarray(data.train.dataset["length"])
-    per_epoch = len(shard_bins(pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000), rank, world, accum)) // accum
+    bins = pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000)
+    fill = float(lengths.sum()) / max(len(bins) * cfg.max_tokens, 1)  # the rest of each row is padding (flex) or empty
+    per_epoch = len(shard_bins(bins, rank, world, accum)) // accum
     if per_epoch == 0:
-        raise UserError(f"the training data fills {len(pack(lengths, cfg.max_tokens, 0))} micro-batches of --max-tokens "
+        raise UserError(f"the training data fills {len(bins)} micro-batches of --max-tokens "
                         f"{cfg.max_tokens}: too few for {world} rank(s) x {accum} accumulation steps; "
                         "lower --max-tokens or add data")
     total_steps = per_epoch * cfg.num_epochs
@@ -295,6 +297,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             quiet.log(f"starting from the draft {cfg.init_draft} (its weights and vocabulary; a fresh optimizer)")
         quiet.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
                   f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
+        quiet.log(f"packing: {len(bins):,} rows of {cfg.max_tokens:,} tokens per epoch, {fill:.1%} full"
+                  f"{' (the rest is padding: flex needs one shape)' if pad else ''}")
         quiet.log(f"{world} rank(s), {per_epoch:,} optimizer steps per epoch, {total_steps:,} in all; "
                   f"attention {backend}, target {target.attn_implementation}, {str(dtype).replace('torch.', '')}")
 
