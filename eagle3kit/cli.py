@@ -192,6 +192,9 @@ def _int_list(ctx, param, value):
 @click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes for tokenisation.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--source", "sources_", multiple=True, help="Sources to mix when no --trainpath is given.")
+@click.option("--dry-run", is_flag=True,
+              help="Prepare the data (tokenise, draft vocabulary), print the plan (data, draft size, packing, steps) "
+                   "and stop, reading only the target's config and tokenizer: nothing trained or saved.")
 @click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)
 def train(**options):
     """Train an EAGLE-3 draft for a target model with DeepSpeed.

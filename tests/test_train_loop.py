@@ -52,6 +52,32 @@ def test_the_plan_is_printed_before_training(trained_run):
     assert steps == rows  # one rank, no gradient accumulation: a row a step
 
 
+def test_dry_run_prints_the_runs_plan_without_reading_weights_or_saving(trained_run, tiny_target, mixed_data, tmp_path):
+    """``--dry-run`` reads the tokenizer and config only (the weights here are not even a
+    file of weights) and prints the plan the real run printed, line for line."""
+    import re
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(tiny_target, target)
+    (target / "model.safetensors").write_bytes(b"not weights")
+    result = run_cli(["train", "--basepath", str(target), "--trainpath", str(mixed_data / "train.jsonl"),
+                      "--testpath", str(mixed_data / "test.jsonl"), "--savedir", str(tmp_path / "ck"),
+                      "--cache-dir", str(tmp_path / "cache"), "--num-epochs", "1", "--eval-every", "20", *TRAIN_ARGS,
+                      "--dry-run"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "ck").exists()
+
+    def plan(text):
+        text = " ".join(text.split())
+        return re.search(r"data: .*? in all; attention \w+, target \w+, \w+", text).group(0)
+
+    dry = plan(result.stderr)
+    assert dry == plan((trained_run.parent / "train.log").read_text())
+    assert "M trainable parameters (hidden 128, 4 heads, 2 kv heads x 32" in dry
+    assert "dry run: nothing trained, nothing saved" in " ".join(result.stderr.split())
+
+
 def test_saved_draft_is_servable_and_reloads_exactly(trained_run):
     s = summary(trained_run)
     latest = trained_run / "latest"

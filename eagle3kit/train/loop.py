@@ -27,7 +27,7 @@ import torch
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text
 from eagle3kit.checkpoint import load_draft, save_draft
-from eagle3kit.errors import UserError
+from eagle3kit.errors import UserError, first_line
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import (
     TokenizedData,
@@ -100,6 +100,7 @@ class TrainConfig:
     dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
     log_every: int = 10
     pad_to_max_tokens: bool | None = None  # fixed shapes for compiled attention; default on GPU
+    dry_run: bool = False  # prepare the data, print the plan, stop before loading the target's weights
     sources: list[str] = field(default_factory=lambda: ["ultrachat", "sharegpt"])
 
 
@@ -182,6 +183,75 @@ def evaluate(engine, target: FrozenTarget, data: TokenizedData, cfg: TrainConfig
     return StepStats.from_tensor(all_reduce_sum(total, device))
 
 
+@dataclass
+class Plan:
+    """How the training data is cut into steps, on this rank."""
+
+    bins: list[np.ndarray]  # the rows of an epoch (before sharding), each a list of conversations
+    fill: float  # share of the rows' --max-tokens that holds tokens
+    per_epoch: int  # optimizer steps per epoch
+    total_steps: int
+
+
+def make_plan(cfg: TrainConfig, data: Prepared, rank: int, world: int, accum: int) -> Plan:
+    lengths = np.asarray(data.train.dataset["length"])
+    bins = pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000)
+    fill = float(lengths.sum()) / max(len(bins) * cfg.max_tokens, 1)  # the rest of each row is padding (flex) or empty
+    per_epoch = len(shard_bins(bins, rank, world, accum)) // accum
+    if per_epoch == 0:
+        raise UserError(f"the training data fills {len(bins)} micro-batches of --max-tokens "
+                        f"{cfg.max_tokens}: too few for {world} rank(s) x {accum} accumulation steps; "
+                        "lower --max-tokens or add data")
+    total_steps = per_epoch * cfg.num_epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    return Plan(bins, fill, per_epoch, total_steps)
+
+
+def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config: DraftConfig, world: int,
+             kernels: str, pad: bool) -> None:
+    """What a run will do, printed before it starts (and all that ``--dry-run`` prints)."""
+    t = data.train
+    ui.log(f"data: {t.conversations:,} conversations, {t.tokens:,} tokens ({t.masked_tokens:,} in answers); "
+           f"truncated at a turn: {t.truncated:,}, cut inside the first answer: {t.cut_mid_turn:,}, "
+           f"without an answer: {t.without_answer:,}")
+    if cfg.init_draft:
+        ui.log(f"starting from the draft {cfg.init_draft} (its weights and vocabulary; a fresh optimizer)")
+    ui.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
+           f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
+    with torch.device("meta"):  # sizes only: no memory
+        params = sum(p.numel() for p in Eagle3Draft(draft_config).parameters() if p.requires_grad)
+    c = draft_config
+    ui.log(f"draft: {params / 1e6:,.1f}M trainable parameters (hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+           f"{c.num_key_value_heads} kv heads x {c.head_dim}, intermediate {c.intermediate_size}, "
+           f"max_position_embeddings {c.max_position_embeddings})")
+    ui.log(f"packing: {len(plan.bins):,} rows of {cfg.max_tokens:,} tokens per epoch, {plan.fill:.1%} full"
+           f"{' (the rest is padding: flex needs one shape)' if pad else ''}")
+    ui.log(f"{world} rank(s), {plan.per_epoch:,} optimizer steps per epoch, {plan.total_steps:,} in all; {kernels}")
+
+
+def dry_run(cfg: TrainConfig, data: Prepared, plan: Plan, start, world: int, kernels: str, pad: bool,
+            ui: UI) -> dict[str, Any]:
+    """``train --dry-run``: the plan from the target's config alone (no weights read)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.basepath)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the config of the target {cfg.basepath!r}: {first_line(error)}") from None
+    if start is not None:
+        draft_config = start.config
+    else:
+        try:
+            draft_config = DraftConfig.from_target(config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
+        except ValueError as error:
+            raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+    log_plan(ui, cfg, data, plan, draft_config, world, kernels, pad)
+    ui.log("dry run: nothing trained, nothing saved")
+    return {"dry_run": True, "rows_per_epoch": len(plan.bins), "fill": plan.fill,
+            "steps_per_epoch": plan.per_epoch, "total_steps": plan.total_steps}
+
+
 def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     """Train a draft; returns a summary (final step, test metrics, where things were saved)."""
     ui = ui or UI()
@@ -201,7 +271,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                             "pass --resume to continue it, or choose another --savedir")
         savedir.mkdir(parents=True, exist_ok=True)
 
-    rank0_first(rank, make_savedir, others=False)
+    if not cfg.dry_run:
+        rank0_first(rank, make_savedir, others=False)
     if cfg.trainpath is None:
         _mix_default_sources(cfg, quiet, rank)
 
@@ -222,9 +293,13 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     start = rank0_first(rank, lambda: load_draft(cfg.init_draft)) if cfg.init_draft else None
     data = prepare_data(cfg, rank, quiet, start.draft_ids.numpy() if start is not None else None)
+    plan = make_plan(cfg, data, rank, world, accum)
     target_impl = cfg.target_attention or ("flex" if backend == "flex" else "sdpa")
     if target_impl == "flex":
         target_impl = TARGET_FLEX  # our compiled kernel with the packed row's block mask
+    kernels = f"attention {backend}, target {target_impl}, {str(dtype).replace('torch.', '')}"
+    if cfg.dry_run:
+        return dry_run(cfg, data, plan, start, world, kernels, pad, quiet)
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
@@ -245,19 +320,11 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 draft.norm.weight.copy_(norm_scale)
     draft_config.torch_dtype = str(dtype).replace("torch.", "")
     target = FrozenTarget(model, draft_config.aux_layers, draft_ids)
+    kernels = kernels.replace(f"target {target_impl}", f"target {target.attn_implementation}")  # as loaded
     module = DraftTrainer(draft).to(device)
 
     lengths = np.asarray(data.train.dataset["length"])
-    bins = pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000)
-    fill = float(lengths.sum()) / max(len(bins) * cfg.max_tokens, 1)  # the rest of each row is padding (flex) or empty
-    per_epoch = len(shard_bins(bins, rank, world, accum)) // accum
-    if per_epoch == 0:
-        raise UserError(f"the training data fills {len(bins)} micro-batches of --max-tokens "
-                        f"{cfg.max_tokens}: too few for {world} rank(s) x {accum} accumulation steps; "
-                        "lower --max-tokens or add data")
-    total_steps = per_epoch * cfg.num_epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    per_epoch, total_steps = plan.per_epoch, plan.total_steps
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     has_scheduler = "scheduler" in ds_config
     engine, _, _, _ = deepspeed.initialize(
@@ -288,19 +355,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     reporter = Reporter(cfg.report_to, cfg, savedir, quiet) if rank == 0 else None
     if rank == 0:
         atomic_write_text(savedir / "train_config.json", json.dumps(asdict(cfg), indent=2, default=str) + "\n")
-        quiet.log(
-            f"data: {data.train.conversations:,} conversations, {data.train.tokens:,} tokens "
-            f"({data.train.masked_tokens:,} in answers); truncated at a turn: {data.train.truncated:,}, "
-            f"cut inside the first answer: {data.train.cut_mid_turn:,}, without an answer: {data.train.without_answer:,}"
-        )
-        if cfg.init_draft:
-            quiet.log(f"starting from the draft {cfg.init_draft} (its weights and vocabulary; a fresh optimizer)")
-        quiet.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "
-                  f"features from hidden states {draft_config.aux_layers} of {draft_config.target_num_layers} layers")
-        quiet.log(f"packing: {len(bins):,} rows of {cfg.max_tokens:,} tokens per epoch, {fill:.1%} full"
-                  f"{' (the rest is padding: flex needs one shape)' if pad else ''}")
-        quiet.log(f"{world} rank(s), {per_epoch:,} optimizer steps per epoch, {total_steps:,} in all; "
-                  f"attention {backend}, target {target.attn_implementation}, {str(dtype).replace('torch.', '')}")
+        log_plan(quiet, cfg, data, plan, draft_config, world, kernels, pad)
 
     last_saved = progress.step if cfg.resume else -1
     last_eval = -1
