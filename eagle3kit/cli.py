@@ -127,6 +127,24 @@ def mix(sources_, out, cache_dir, test_ratio, seed, num_proc, no_dedup, skip_inv
     click.echo(f"test:  {out / 'test.jsonl'} ({manifest['split']['test']:,} conversations)")
 
 
+def _template_kwargs(ctx, param, value):
+    if value is None:
+        return None
+    from eagle3kit.train.data import parse_template_kwargs
+
+    try:
+        return parse_template_kwargs(value) or None
+    except UserError as error:
+        raise click.BadParameter(str(error).split(": ", 1)[-1]) from None
+
+
+def template_kwargs_option(what: str):
+    """``--chat-template-kwargs JSON`` for a command that renders conversations."""
+    return click.option("--chat-template-kwargs", "chat_template_kwargs", callback=_template_kwargs, default=None,
+                        metavar="JSON", help="Variables for the chat template, as SGLang and vLLM take them, e.g. "
+                        f"'{{\"enable_thinking\": false}}' for Qwen 3 without reasoning; {what}.")
+
+
 def _int_list(ctx, param, value):
     if value is None:
         return None
@@ -192,6 +210,7 @@ def _int_list(ctx, param, value):
 @click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes for tokenisation.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--source", "sources_", multiple=True, help="Sources to mix when no --trainpath is given.")
+@template_kwargs_option("the loss mask, the cache and --resume follow them; render prompts the same way when serving")
 @click.option("--dry-run", is_flag=True,
               help="Prepare the data (tokenise, draft vocabulary), print the plan (data, draft size, packing, steps) "
                    "and stop, reading only the target's config and tokenizer: nothing trained or saved.")
@@ -244,6 +263,7 @@ def train(**options):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: records already done are skipped.")
 @click.option("--overwrite", is_flag=True, help="Start again, replacing an existing --out.")
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
+@template_kwargs_option("in process they shape each prompt; a --server gets them as chat_template_kwargs")
 def regenerate(**options):
     """Replace every assistant answer with the target's own, turn by turn (the EAGLE-3 recipe)."""
     from eagle3kit.regenerate import RegenConfig, run_regenerate
@@ -288,6 +308,7 @@ def regenerate(**options):
               help="The rule at temperature > 0. rejection: the draft samples its proposals, the textbook rule "
                    "(chains; the default for them). target-only: the draft's top tokens, each taken with the "
                    "target's probability, as SGLang and vLLM verify (trees; what a server will get).")
+@template_kwargs_option("for the prompts (give what training used)")
 def eval_(**options):
     """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up
     (or, with --server, what a running SGLang or vLLM server's draft gets on the same prompts)."""

@@ -172,7 +172,7 @@ def test_server_regenerates_turn_by_turn(tmp_path):
     assert len(payloads) == answers_of(kept)
     for p in payloads:
         assert p["model"] == "tiny" and p["max_tokens"] == 33 and p["temperature"] == 0.7 and p["top_p"] == 0.9
-        assert isinstance(p["seed"], int)
+        assert isinstance(p["seed"], int) and "chat_template_kwargs" not in p
         for k, m in enumerate(x for x in p["messages"] if x["role"] == "assistant"):
             assert m["content"].startswith(f"echo {k}: ")
     three = [p for p in payloads if last_user(p["messages"]) == "q three"][0]
@@ -574,3 +574,19 @@ def test_cli(tmp_path, tiny, one_thread):
                                        "--out", str(tmp_path / "y.jsonl")])
     assert missing.exit_code == 2 and "cannot load the tokenizer" in missing.stderr
     assert not (tmp_path / "y.partial.jsonl").exists()
+
+
+def test_template_kwargs_reach_the_server_and_a_resume_with_others_is_refused(tmp_path):
+    """``--chat-template-kwargs`` goes to the server as ``chat_template_kwargs`` (what vLLM
+    and SGLang read), and is one of the settings a resumed run must keep."""
+    src = write_jsonl(tmp_path / "in.jsonl", records())
+    thinking_off = {"enable_thinking": False}
+    with ChatServer() as server:
+        cfg = server_cfg(tmp_path, server, src, chat_template_kwargs=thinking_off)
+        manifest = run_regenerate(cfg, RecordingUI())
+        payloads = server.answered()
+        assert payloads and all(p["chat_template_kwargs"] == thinking_off for p in payloads)
+        assert manifest["settings"]["chat_template_kwargs"] == thinking_off
+        again = server_cfg(tmp_path, server, src, resume=True)
+        with pytest.raises(UserError, match=r"other settings \(chat_template_kwargs \{'enable_thinking': False\} -> None\)"):
+            run_regenerate(again, RecordingUI())

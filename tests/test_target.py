@@ -222,6 +222,8 @@ def test_a_base_model_without_a_chat_template_is_refused_by_every_command(tiny_t
     with pytest.raises(UserError, match=f"the tokenizer of '{base}' has no chat template; use an instruct/chat model"):
         load_tokenizer(str(base))
     assert load_tokenizer(str(base), chat=False).chat_template is None
+    baked = load_tokenizer(str(tiny_target), template_kwargs={"enable_thinking": False})
+    assert baked.chat_template == "{% set enable_thinking = false %}" + load_tokenizer(str(tiny_target)).chat_template
     data = str(mixed_data / "test.jsonl")
     for args in (["train", "--trainpath", data, "--savedir", str(tmp_path / "run"), "--max-steps", "1"],
                  ["eval", "--draft", str(tiny_target), "--data", data],

@@ -206,3 +206,63 @@ def test_a_bad_or_empty_unified_file_is_named(tmp_path, llama3):
     path.write_text("\n  \n")
     with pytest.raises(UserError, match=r"bad\.jsonl: holds no conversation \(the file is empty\)"):
         load_tokenized(path, llama3, 256, tmp_path / "cache")
+
+
+NO_THINK = ("{% if enable_thinking is defined and enable_thinking is false %}<|im_start|>system\n/no_think<|im_end|>\n"
+            "{% endif %}{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_template_kwargs_render_as_servers_pass_them_and_key_the_cache():
+    """``with_template_kwargs`` bakes the variables into the template: every rendering
+    (masks, prompts, regenerated turns) equals the original template given them as
+    ``chat_template_kwargs``, and the tokenizer's fingerprint changes with them."""
+    from eagle3kit.train.data import to_messages, tokenizer_fingerprint, with_template_kwargs
+
+    plain = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
+    plain.chat_template = NO_THINK
+    baked = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
+    baked.chat_template = NO_THINK
+    with_template_kwargs(baked, {"enable_thinking": False})
+    messages = to_messages(CONV[1:])
+    for prefix, gen in [(messages, False), (messages[:1], True), (messages[:3], True)]:
+        assert (baked.apply_chat_template(prefix, tokenize=False, add_generation_prompt=gen)
+                == plain.apply_chat_template(prefix, tokenize=False, add_generation_prompt=gen, enable_thinking=False))
+    t = tokenize_conversation(baked, CONV[1:], max_len=1000)
+    assert baked.decode(t.input_ids).startswith("<|im_start|>system\n/no_think<|im_end|>\n<|im_start|>user\n")
+    assert masked_pieces(baked, t) == ["Two plus two is four.<|im_end|>", "Three plus two is five.<|im_end|>"]
+    assert not plain.decode(tokenize_conversation(plain, CONV[1:], max_len=1000).input_ids).startswith("<|im_start|>system")
+    assert tokenizer_fingerprint(baked) != tokenizer_fingerprint(plain)
+    assert with_template_kwargs(plain, {}) is plain and plain.chat_template == NO_THINK
+
+
+def test_template_kwargs_of_every_json_kind_reach_the_template():
+    from eagle3kit.train.data import parse_template_kwargs, with_template_kwargs
+
+    kwargs = parse_template_kwargs('{"s": "a \\"q\\" \u00e9\\n", "n": 3, "f": 0.5, "l": [1, "x", null], '
+                                   '"d": {"k": true}, "no": false}')
+    shown = "{{ s }}|{{ n }}|{{ f }}|{{ l }}|{{ d['k'] }}|{{ no }}|{{ l[2] is none }}"
+    plain = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
+    plain.chat_template = shown
+    expected = plain.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, **kwargs)
+    assert expected == 'a "q" \u00e9\n|3|0.5|[1, \'x\', None]|True|False|True'
+    with_template_kwargs(plain, kwargs)
+    assert plain.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == expected
+    named = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
+    named.chat_template = {"default": shown, "tool_use": "{{ n }}"}
+    with_template_kwargs(named, {"n": 7})
+    assert named.chat_template["tool_use"].endswith("{{ n }}") and "{% set n = 7 %}" in named.chat_template["default"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1]", "--chat-template-kwargs: give a JSON object of template variables"),
+    ("{enable", "--chat-template-kwargs: not JSON (Expecting property name enclosed in double quotes at character 1)"),
+    ('{"a b": 1}', "--chat-template-kwargs: 'a b' is not a template variable name"),
+])
+def test_bad_template_kwargs_are_named(text, message):
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.data import parse_template_kwargs
+
+    with pytest.raises(UserError) as info:
+        parse_template_kwargs(text)
+    assert str(info.value).startswith(message)

@@ -171,6 +171,8 @@ def test_resume_names_another_number_of_ranks(tmp_path):
     with pytest.raises(UserError, match=r"gradient_accumulation_steps \(DeepSpeed config\) 1 \(now 4\)"):
         check_data_order(tmp_path, {**order, "gradient_accumulation_steps": 4})
     check_data_order(tmp_path / "older", {**order, "world_size": 1})  # a checkpoint without the record: not checked
+    with pytest.raises(UserError, match=r"--chat-template-kwargs \{\} \(now \{'enable_thinking': False\}\)"):
+        check_data_order(tmp_path, data_order(2, 1, 512, 256, 0, "train.jsonl", {"enable_thinking": False}))
 
 
 def _free_port() -> int:

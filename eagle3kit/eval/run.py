@@ -34,6 +34,7 @@ class EvalConfig:
     server: str | None = None  # measure a running SGLang / vLLM server instead (eagle3kit.eval.server)
     engine: str = "auto"  # sglang | vllm | auto
     timeout: float = 600.0  # seconds per server request
+    chat_template_kwargs: dict | None = None  # template variables for the prompts, e.g. {"enable_thinking": False}
     num_draft_tokens: int | None = None  # tree nodes the target checks per pass (with the root); default 1 + topk x steps, at most 64
 
 
@@ -102,7 +103,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError("give --draft DRAFT (or --server URL to measure a running SGLang or vLLM server)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _dtype(cfg.dtype, device)
-    tokenizer = load_tokenizer(cfg.basepath)
+    tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
     draft.eval()
@@ -174,7 +175,7 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
     if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path or cfg.acceptance:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
-    prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath), cfg.num_samples)
+    prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs), cfg.num_samples)
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
     return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui),
                   cfg)

@@ -25,6 +25,7 @@ class RegenConfig:
     limit: int | None = None
     system_prompt: str | None = None  # "" removes every system message
     reasoning: str = "drop"  # keep | drop
+    chat_template_kwargs: dict | None = None  # template variables, e.g. {"enable_thinking": False}
     resume: bool = False
     overwrite: bool = False
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32

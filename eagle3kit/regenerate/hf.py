@@ -30,7 +30,7 @@ class HFBackend:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.float32
-        tokenizer = load_tokenizer(cfg.basepath)
+        tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
         ui.log(f"loading {cfg.basepath} on {device} ({str(dtype).replace('torch.', '')})")
         self.model = load_target_model(cfg.basepath, device=device, dtype=dtype)
         tokenizer.padding_side = "left"

@@ -143,6 +143,8 @@ class ServerBackend:
         cfg = self.cfg
         payload = {"model": self.model, "messages": messages, "max_tokens": cfg.max_new_tokens,
                    "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": seed}
+        if cfg.chat_template_kwargs:  # vLLM and SGLang pass them to the template
+            payload["chat_template_kwargs"] = cfg.chat_template_kwargs
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         error = ""
         attempts = cfg.retries + 1

@@ -14,7 +14,8 @@ from eagle3kit.ui import UI
 #: Version of the work-file layout (its header says which).
 WORK_FORMAT = 1
 #: Settings that change the answers: a resumed run must use the same ones.
-ANSWER_SETTINGS = ("basepath", "max_new_tokens", "temperature", "top_p", "seed", "system_prompt", "reasoning")
+ANSWER_SETTINGS = ("basepath", "max_new_tokens", "temperature", "top_p", "seed", "system_prompt", "reasoning",
+                   "chat_template_kwargs")
 
 
 def _settings(cfg: RegenConfig) -> dict[str, Any]:

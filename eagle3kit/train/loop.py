@@ -100,6 +100,7 @@ class TrainConfig:
     dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
     log_every: int = 10
     pad_to_max_tokens: bool | None = None  # fixed shapes for compiled attention; default on GPU
+    chat_template_kwargs: dict[str, Any] | None = None  # template variables, e.g. {"enable_thinking": False}
     dry_run: bool = False  # prepare the data, print the plan, stop before loading the target's weights
     sources: list[str] = field(default_factory=lambda: ["ultrachat", "sharegpt"])
 
@@ -130,7 +131,7 @@ class Prepared:
 def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | None = None) -> Prepared:
     """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary
     (or, given ``draft_ids``, a starting draft's, measuring how much of the answers it covers)."""
-    tokenizer = load_tokenizer(cfg.basepath)
+    tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
 
     def prepare() -> Prepared:
         train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
@@ -279,7 +280,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
     accum = int(ds_config["gradient_accumulation_steps"])
-    order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath)
+    order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath, cfg.chat_template_kwargs)
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
     if resume_tag is not None:
         check_data_order(savedir / resume_tag, order)

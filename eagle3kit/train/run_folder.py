@@ -24,15 +24,18 @@ LATEST, BEST = "latest", "best"
 #: in each checkpoint: the settings that fix which rows each rank trains on, in which order
 DATA_ORDER = "data_order.json"
 _OPTION = {"world_size": "ranks", "gradient_accumulation_steps": "gradient_accumulation_steps (DeepSpeed config)",
-           "max_tokens": "--max-tokens", "max_len": "--max-len", "seed": "--seed", "trainpath": "--trainpath"}
+           "max_tokens": "--max-tokens", "max_len": "--max-len", "seed": "--seed", "trainpath": "--trainpath",
+           "chat_template_kwargs": "--chat-template-kwargs"}
 
 
-def data_order(world: int, accumulation: int, max_tokens: int, max_len: int, seed: int, trainpath: str) -> dict[str, Any]:
+def data_order(world: int, accumulation: int, max_tokens: int, max_len: int, seed: int, trainpath: str,
+               chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a resumed run must share with the run it continues to train on the same rows
     in the same order (the position saved in :class:`Progress` counts micro-batches of this
     rank's shard)."""
     return {"world_size": world, "gradient_accumulation_steps": accumulation, "max_tokens": max_tokens,
-            "max_len": max_len, "seed": seed, "trainpath": str(Path(trainpath).resolve())}
+            "max_len": max_len, "seed": seed, "trainpath": str(Path(trainpath).resolve()),
+            "chat_template_kwargs": dict(chat_template_kwargs or {})}
 
 
 def check_data_order(checkpoint: Path, now: dict[str, Any]) -> None:

@@ -40,12 +40,13 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
                      "cache only).")
 
 
-def load_tokenizer(path: str, chat: bool = True):
+def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any] | None = None):
     """The target's tokenizer (``AutoTokenizer.from_pretrained``), with a clear error;
-    ``chat``: it must have a chat template (every command renders conversations with it)."""
+    ``chat``: it must have a chat template (every command renders conversations with it),
+    rendered with ``template_kwargs`` (:func:`eagle3kit.train.data.with_template_kwargs`)."""
     from transformers import AutoTokenizer
 
-    from eagle3kit.train.data import require_chat_template
+    from eagle3kit.train.data import require_chat_template, with_template_kwargs
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -53,6 +54,7 @@ def load_tokenizer(path: str, chat: bool = True):
         raise _load_error("the tokenizer of", path, error) from None
     if chat:
         require_chat_template(tokenizer, path)
+        with_template_kwargs(tokenizer, template_kwargs)
     return tokenizer
 
 
