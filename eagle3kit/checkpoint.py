@@ -199,6 +199,7 @@ def load_draft(path: str | Path, device=None, dtype=None):
         raise UserError(f"{folder.path}: the weights do not match the config (missing: {missing}, unexpected: "
                         f"{unexpected}, other shapes: {wrong}); `eagle3kit export --check {path}` names each problem")
     draft.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    draft.trained_with = dict(config["eagle3kit"]) if isinstance(config.get("eagle3kit"), dict) else {}
     return draft.to(device=device or "cpu", dtype=dtype or torch.float32)
 
 

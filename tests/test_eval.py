@@ -357,3 +357,33 @@ def test_a_draft_for_another_target_is_named(trained_run, tiny_target, mixed_dat
     result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(folder), "--data",
                                       str(mixed_data / "test.jsonl"), "--num-samples", "1"])
     assert result.exit_code == 2 and "trained for a target of hidden size 64" in result.output
+
+
+def test_eval_warns_when_prompts_are_rendered_otherwise_than_the_draft_was_trained(trained_run, tiny_target, mixed_data,
+                                                                                   tmp_path):
+    """A draft records the chat-template kwargs it was trained with; eval says when its
+    prompts differ, and the exported model card tells servers to send the same."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from eagle3kit.cli import cli
+    from eagle3kit.export.card import model_card
+
+    draft = tmp_path / "draft"
+    shutil.copytree(trained_run / "best" / "draft", draft)
+    config = json.loads((draft / "config.json").read_text())
+    config["eagle3kit"]["chat_template_kwargs"] = {"enable_thinking": False}
+    (draft / "config.json").write_text(json.dumps(config))
+    base = ["eval", "--basepath", str(tiny_target), "--draft", str(draft), "--data", str(mixed_data / "test.jsonl"),
+            "--num-samples", "1", "--max-new-tokens", "4", "--no-baseline"]
+    otherwise = CliRunner().invoke(cli, base)
+    assert otherwise.exit_code == 0, otherwise.output
+    text = " ".join(otherwise.output.split())
+    assert ("the draft was trained with --chat-template-kwargs '{\"enable_thinking\": false}'; these prompts are "
+            "rendered with {}: pass the same to measure it as trained") in text
+    same = CliRunner().invoke(cli, [*base, "--chat-template-kwargs", '{"enable_thinking": false}'])
+    assert same.exit_code == 0 and "trained with --chat-template-kwargs" not in same.output
+    card = " ".join(model_card(config, "sglang", str(draft), None, 5).split())
+    assert ("chat template kwargs: `{\"enable_thinking\": false}`, so send the same `chat_template_kwargs` when serving"
+            in card)

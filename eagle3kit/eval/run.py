@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,6 +120,10 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         draft.config.aux_layers = default_aux_layers(text.num_hidden_layers)
         ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
                 f"{draft.config.aux_layers} (EAGLE-3's default)")
+    trained = getattr(draft, "trained_with", {}).get("chat_template_kwargs")
+    if trained and trained != (cfg.chat_template_kwargs or {}):
+        ui.warn(f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are "
+                f"rendered with {json.dumps(cfg.chat_template_kwargs or {})}: pass the same to measure it as trained")
     prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

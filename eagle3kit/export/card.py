@@ -84,6 +84,9 @@ def model_card(servable: dict[str, Any], fmt: str, where: str, basepath: str | N
         f"| {servable.get('max_position_embeddings')} | {rope} |", "",
     ]
     trained = [f"{k.replace('_', ' ')}: `{meta[k]}`" for k in ("step", "ttt_length", "init_draft") if meta.get(k) is not None]
+    if meta.get("chat_template_kwargs"):  # serve with the same (SGLang / vLLM: chat_template_kwargs per request)
+        trained.append(f"chat template kwargs: `{json.dumps(meta['chat_template_kwargs'])}`, so send the same "
+                       "`chat_template_kwargs` when serving")
     if trained:
         lines += ["## Training", "", f"Trained with eagle3kit ({', '.join(trained)}).", ""]
     if eval_report:

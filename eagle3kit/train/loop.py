@@ -373,6 +373,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                      "target_architectures": list(getattr(model.config, "architectures", None) or [])}
             if cfg.init_draft:
                 extra["init_draft"] = cfg.init_draft
+            if cfg.chat_template_kwargs:  # eval warns when its prompts are rendered otherwise
+                extra["chat_template_kwargs"] = cfg.chat_template_kwargs
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
             atomic_write_text(savedir / tag / DATA_ORDER, json.dumps(order, indent=2) + "\n")
 
