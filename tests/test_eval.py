@@ -387,3 +387,46 @@ def test_eval_warns_when_prompts_are_rendered_otherwise_than_the_draft_was_train
     card = " ".join(model_card(config, "sglang", str(draft), None, 5).split())
     assert ("chat template kwargs: `{\"enable_thinking\": false}`, so send the same `chat_template_kwargs` when serving"
             in card)
+
+
+def test_source_of_reads_mixed_record_ids():
+    from eagle3kit.eval.report import source_of
+
+    assert [source_of(i) for i in ("ultrachat_12", "my_data_0", "sharegpt_x", "_3", "plain", "7")] == [
+        "ultrachat", "my_data", None, None, None, None]
+
+
+def test_breakdown_gives_tau_per_prompt_and_per_source():
+    from eagle3kit.eval.report import breakdown
+
+    origins = [("a_0", 0), ("b_5", 0), ("a_0", 1), ("b_9", 0)]
+    out = breakdown(origins, [10, 6, 8, 3], [4, 3, 2, 3])
+    assert [(r["id"], r["turn"], r["tau"]) for r in out["per_prompt"]] == [("a_0", 0, 2.5), ("b_5", 0, 2.0),
+                                                                          ("a_0", 1, 4.0), ("b_9", 0, 1.0)]
+    assert {k: (v["prompts"], v["tau"]) for k, v in out["by_source"].items()} == {"a": (2, 18 / 6), "b": (2, 9 / 6)}
+    low, high = out["by_source"]["a"]["tau_ci95"]
+    assert 2.5 <= low <= 18 / 6 <= high <= 4.0
+    assert "by_source" not in breakdown(origins[:1], [4], [2])  # one source: nothing to compare
+    assert "by_source" not in breakdown([("x_1", 0), ("custom", 0)], [4, 4], [2, 2])  # ids of another form
+
+
+def test_eval_report_breaks_tau_down_by_prompt_and_source(trained_run, tiny_target, mixed_data, tmp_path):
+    from train_fixtures import eval_report
+
+    records = [json.loads(line) for line in (mixed_data / "test.jsonl").read_text().splitlines()]
+    records = ([r for r in records if r["id"].startswith("sharegpt_")][:3]
+               + [r for r in records if r["id"].startswith("ultrachat_")][:2])
+    data = tmp_path / "two_sources.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    expected = [(r["id"], k) for r in records for k in range(sum(m["from"] == "human" for m in r["conversations"]))]
+    result, report = eval_report(tiny_target, trained_run / "best" / "draft", data, tmp_path / "report.json",
+                                 samples=len(expected), new_tokens=24, steps=3)
+    rows = report["per_prompt"]
+    assert [(r["id"], r["turn"]) for r in rows] == expected
+    assert sum(r["produced"] for r in rows) / sum(r["passes"] for r in rows) == pytest.approx(report["tau"])
+    assert set(report["by_source"]) == {"ultrachat", "sharegpt"}
+    for source, figures in report["by_source"].items():
+        mine = [r for r in rows if r["id"].startswith(source + "_")]
+        assert figures["prompts"] == len(mine)
+        assert figures["tau"] == pytest.approx(sum(r["produced"] for r in mine) / sum(r["passes"] for r in mine))
+    assert "acceptance length by source" in result.output

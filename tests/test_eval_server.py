@@ -127,6 +127,7 @@ def test_sglang_acceptance_from_meta_info(engine, tiny_target, mixed_data, tmp_p
     assert report["engine_accept_length"] == pytest.approx((33 + 17 + 65) / 28)  # what SGLang logs
     assert report["tokens"] == 115 and report["acceptance_rate"] == []
     assert report["tau_ci95"][0] <= report["tau"] <= report["tau_ci95"][1]
+    assert [(r["produced"], r["passes"]) for r in report["per_prompt"]] == [(32, 8), (16, 4), (64, 16)]
     expected = prompts(tiny_target, mixed_data)
     assert [b["input_ids"] for b in engine.bodies] == expected  # the same tokens in-process eval decodes from
     assert all(b["sampling_params"] == {"temperature": 0.0, "max_new_tokens": 64} for b in engine.bodies)

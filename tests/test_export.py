@@ -652,6 +652,8 @@ def test_export_writes_a_model_card_and_pushes_it_to_the_hub(draft_dir, tmp_path
 
     report = {"tau": 4.178, "tau_ci95": [3.811, 4.65], "speedup": 1.318, "identical_to_greedy": 20, "prompts": 20,
               "acceptance_rate": [0.911, 0.976], "device": "cpu", "dtype": "float32",
+              "by_source": {"sharegpt": {"prompts": 9, "tau": 3.5, "tau_ci95": [3.0, 4.0]},
+                            "ultrachat": {"prompts": 11, "tau": 4.731, "tau_ci95": [4.2, 5.1]}},
               "config": {"steps": 5, "temperature": 0.0, "data_path": "data/test.jsonl"}}
     (tmp_path / "eval.json").write_text(json.dumps(report))
     calls = []
@@ -676,6 +678,7 @@ def test_export_writes_a_model_card_and_pushes_it_to_the_hub(draft_dir, tmp_path
     assert "--model-path tiny/target --speculative-algorithm EAGLE3 --speculative-draft-model-path me/my-draft" in card
     assert "| 32 | 4 (2) | 64 | 100 (40) | [2, 6, 9] | 131072 | rope_theta 500000.0, llama3 scaling |" in card
     assert "| 4.18 (3.81-4.65) | 1.32x | 20/20 |" in card and "0.91, 0.98" in card
+    assert "By source of the prompts: sharegpt 3.50 (9 prompts), ultrachat 4.73 (11 prompts)." in card
     assert not errors(check_draft(out, "sglang"))  # the card is not a weight or config the engines read
 
     class Down(FakeApi):

@@ -45,8 +45,9 @@ _WHERE = {
     "accept_chain": "acceptance", "accept_greedy": "acceptance", "accept_tree": "acceptance",
     "Decoded": "decode", "DraftState": "decode", "SpeculativeDecoder": "decode", "TreeDecoder": "decode",
     "plain_decode": "decode", "sampling_probs": "decode",
-    "bootstrap_interval": "report", "summarize": "report",
-    "EvalConfig": "run", "acceptance_rule": "run", "prompts_from_data": "run", "run_eval": "run", "tree_size": "run",
+    "bootstrap_interval": "report", "breakdown": "report", "source_of": "report", "summarize": "report",
+    "EvalConfig": "run", "acceptance_rule": "run", "prompts_from_data": "run", "prompts_with_origins": "run",
+    "run_eval": "run", "tree_size": "run",
 }
 __all__ = sorted(_WHERE)
 

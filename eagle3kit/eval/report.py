@@ -40,6 +40,35 @@ def summarize(results: list[Decoded], steps: int) -> dict[str, Any]:
             "acceptance_rate": conditional, "acceptance_reached": unconditional}
 
 
+def source_of(record_id: str) -> str | None:
+    """The source a mixed record came from: ``eagle3kit mix`` names records ``SOURCE_ROW``
+    (``None`` for ids of another form)."""
+    source, sep, row = str(record_id).rpartition("_")
+    return source if sep and source and row.isdigit() else None
+
+
+def breakdown(origins: Sequence[tuple[str, int]], produced: Sequence[int], passes: Sequence[int]) -> dict[str, Any]:
+    """Per-prompt figures (record id, human turn, tokens produced, verification passes, tau)
+    and, when the prompts come from two or more sources, tau per source with its interval:
+    where the draft needs more (or other) training data."""
+    rows = [{"id": rid, "turn": turn, "produced": p, "passes": n, "tau": p / n if n else None}
+            for (rid, turn), p, n in zip(origins, produced, passes)]
+    groups: dict[str, list[int]] = {}
+    for i, (rid, _) in enumerate(origins):
+        source = source_of(rid)
+        if source is None:
+            return {"per_prompt": rows}
+        groups.setdefault(source, []).append(i)
+    out: dict[str, Any] = {"per_prompt": rows}
+    if len(groups) >= 2:
+        out["by_source"] = {}
+        for source, idx in sorted(groups.items()):
+            p, n = [produced[i] for i in idx], [passes[i] for i in idx]
+            out["by_source"][source] = {"prompts": len(idx), "tau": sum(p) / sum(n) if sum(n) else None,
+                                        "tau_ci95": list(bootstrap_interval(p, n)) if sum(n) else None}
+    return out
+
+
 def finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     """Add the configuration to ``report``, print it, write it to ``--json``; return it."""
     report["config"] = asdict(cfg)
@@ -93,3 +122,12 @@ def print_report(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> None:
                     "--acceptance target-only measures that")
     table.caption = caption
     ui.table(table)
+    if report.get("by_source"):
+        sources = Table(title="acceptance length by source (from the record ids)")
+        for name in ("source", "prompts", "tau", "95% CI"):
+            sources.add_column(name, justify="left" if name == "source" else "right")
+        for name, s in report["by_source"].items():
+            ci = s["tau_ci95"]
+            sources.add_row(name, str(s["prompts"]), f"{s['tau']:.3f}" if s["tau"] is not None else "-",
+                            f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")
+        ui.table(sources)

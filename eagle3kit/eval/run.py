@@ -11,7 +11,7 @@ import torch
 
 from eagle3kit.errors import UserError
 from eagle3kit.eval.decode import SpeculativeDecoder, TreeDecoder, plain_decode
-from eagle3kit.eval.report import active_filters, finish, summarize
+from eagle3kit.eval.report import active_filters, breakdown, finish, summarize
 from eagle3kit.train.data import end_of_turn_ids
 from eagle3kit.ui import UI
 
@@ -66,24 +66,32 @@ def acceptance_rule(cfg: EvalConfig) -> str:
     return "rejection" if tree_size(cfg) is None else "target-only"
 
 
-def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
-    """Token ids of up to ``limit`` prompts: each human turn of each conversation, with the
-    conversation before it, rendered with the chat template and the generation prompt."""
+def prompts_with_origins(path: str, tokenizer, limit: int) -> list[tuple[list[int], tuple[str, int]]]:
+    """Up to ``limit`` prompts: each human turn of each conversation, with the conversation
+    before it, rendered with the chat template and the generation prompt; each with its
+    origin ``(record id, human turn)``."""
     from eagle3kit.train.data import read_unified, to_messages
 
     prompts = []
     for record in read_unified(path):
         messages = to_messages(record["conversations"])
+        turn = 0
         for i, message in enumerate(messages):
             if message["role"] != "user":
                 continue
             text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, add_generation_prompt=True)
-            prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            prompts.append((tokenizer(text, add_special_tokens=False)["input_ids"], (str(record["id"]), turn)))
+            turn += 1
             if len(prompts) >= limit:
                 return prompts
     if not prompts:
         raise UserError(f"{path}: holds no human turn to use as a prompt")
     return prompts
+
+
+def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
+    """The token ids of :func:`prompts_with_origins`."""
+    return [ids for ids, _ in prompts_with_origins(path, tokenizer, limit)]
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -124,7 +132,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if trained and trained != (cfg.chat_template_kwargs or {}):
         ui.warn(f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are "
                 f"rendered with {json.dumps(cfg.chat_template_kwargs or {})}: pass the same to measure it as trained")
-    prompts = prompts_from_data(cfg.data_path, tokenizer, cfg.num_samples)
+    prompts, origins = map(list, zip(*prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)))
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     size = tree_size(cfg)
@@ -154,6 +162,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
                 task.update(advance=1)
 
     report = summarize(spec, cfg.steps)
+    report.update(breakdown(origins, [sum(a + 1 for a in r.accepted) for r in spec], [r.passes for r in spec]))
     report.update({
         "tree_size": size,
         "acceptance_rule": acceptance_rule(cfg),
@@ -181,10 +190,12 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
     if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path or cfg.acceptance:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
-    prompts = prompts_from_data(cfg.data_path, load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs), cfg.num_samples)
+    tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
+    prompts, origins = map(list, zip(*prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)))
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
-    return finish(ui, served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui),
-                  cfg)
+    report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui)
+    report.update(breakdown(origins, report.pop("per_prompt_produced"), report.pop("per_prompt_passes")))
+    return finish(ui, report, cfg)
 
 
 def _sync(device: torch.device) -> None:

@@ -188,7 +188,8 @@ def served_acceptance(url: str, engine: str, prompts: list[list[int]], max_new_t
     report = {"tau": tau, "tau_ci95": list(bootstrap_interval(produced, passes)), "passes": total,
               "tokens": sum(completions), "acceptance_rate": conditional, "acceptance_reached": reached,
               "server": server.root, "engine": engine, "prompts": len(prompts), "spec_seconds": seconds,
-              "spec_tokens_per_s": sum(completions) / max(seconds, 1e-9)}
+              "spec_tokens_per_s": sum(completions) / max(seconds, 1e-9),
+              "per_prompt_produced": produced, "per_prompt_passes": passes}
     if engine == "sglang":
         report["engine_accept_length"] = sum(completions) / total
     if model:

@@ -55,6 +55,10 @@ def _eval_section(report: dict[str, Any]) -> list[str]:
     if rates:
         lines += ["Acceptance at each draft position (given the previous ones): "
                   + ", ".join(f"{r:.2f}" for r in rates) + ".", ""]
+    by_source = {k: v for k, v in (report.get("by_source") or {}).items() if v.get("tau") is not None}
+    if by_source:
+        lines += ["By source of the prompts: " + ", ".join(f"{name} {v['tau']:.2f} ({v['prompts']} prompts)"
+                                                          for name, v in by_source.items()) + ".", ""]
     return lines
 
 
