@@ -76,7 +76,7 @@ def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0, 
     """A packed row of ``n_conv`` conversations of turns of 512 tokens: a prompt, then an
     answer of ``answer_share`` of the turn (0.5: every other 256-token span is an answer)."""
     from eagle3kit.train.attention import doc_ids_from_positions
-    from eagle3kit.train.data import MicroBatch
+    from eagle3kit.train.packing import MicroBatch
 
     g = torch.Generator().manual_seed(seed)
     t = n_conv * seq_len

@@ -130,7 +130,7 @@ def mix(sources_, out, cache_dir, test_ratio, seed, num_proc, no_dedup, skip_inv
 def _template_kwargs(ctx, param, value):
     if value is None:
         return None
-    from eagle3kit.train.data import parse_template_kwargs
+    from eagle3kit.train.template import parse_template_kwargs
 
     try:
         return parse_template_kwargs(value) or None

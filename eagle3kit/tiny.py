@@ -86,7 +86,7 @@ def build_tiny_target(out_dir: str | Path, conversations: Sequence[Sequence[dict
     import torch
     import transformers
 
-    from eagle3kit.train.data import to_messages
+    from eagle3kit.train.template import to_messages
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -20,7 +20,7 @@ from eagle3kit.eval import (
     sampling_probs,
     summarize,
 )
-from eagle3kit.train.data import end_of_turn_ids
+from eagle3kit.train.template import end_of_turn_ids
 
 
 def test_greedy_acceptance_keeps_the_agreeing_prefix_and_the_target_token():

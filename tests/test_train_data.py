@@ -7,13 +7,9 @@ import numpy as np
 import pytest
 
 from eagle3kit.tiny import build_tokenizer
-from eagle3kit.train.data import (
-    assistant_spans,
-    choose_draft_vocab,
-    pack,
-    shard_bins,
-    tokenize_conversation,
-)
+from eagle3kit.train.mask import assistant_spans, tokenize_conversation
+from eagle3kit.train.packing import pack, shard_bins
+from eagle3kit.train.vocab import choose_draft_vocab
 
 TEXTS = ["What is two plus two?", "Two plus two is four.", "And three?", "Three plus two is five.",
          "Be brief.", "Hello there"] * 20
@@ -114,7 +110,7 @@ def test_a_first_answer_too_long_is_cut_inside_it_and_counted(llama3):
 
 
 def test_no_template_is_a_clear_error(llama3):
-    from eagle3kit.train.data import TemplateError
+    from eagle3kit.train.template import TemplateError
 
     saved, llama3.chat_template = llama3.chat_template, None
     try:
@@ -175,7 +171,8 @@ def test_draft_vocab_with_fewer_distinct_tokens_says_so_and_adds_specials():
 def test_tokenised_data_and_vocab_are_cached_by_content(tmp_path, llama3):
     import json
 
-    from eagle3kit.train.data import load_or_build_draft_vocab, load_tokenized
+    from eagle3kit.train.data import load_tokenized
+    from eagle3kit.train.vocab import load_or_build_draft_vocab
 
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"id": "a", "conversations": CONV}) + "\n")
@@ -217,7 +214,8 @@ def test_template_kwargs_render_as_servers_pass_them_and_key_the_cache():
     """``with_template_kwargs`` bakes the variables into the template: every rendering
     (masks, prompts, regenerated turns) equals the original template given them as
     ``chat_template_kwargs``, and the tokenizer's fingerprint changes with them."""
-    from eagle3kit.train.data import to_messages, tokenizer_fingerprint, with_template_kwargs
+    from eagle3kit.train.data import tokenizer_fingerprint
+    from eagle3kit.train.template import to_messages, with_template_kwargs
 
     plain = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
     plain.chat_template = NO_THINK
@@ -237,7 +235,7 @@ def test_template_kwargs_render_as_servers_pass_them_and_key_the_cache():
 
 
 def test_template_kwargs_of_every_json_kind_reach_the_template():
-    from eagle3kit.train.data import parse_template_kwargs, with_template_kwargs
+    from eagle3kit.train.template import parse_template_kwargs, with_template_kwargs
 
     kwargs = parse_template_kwargs('{"s": "a \\"q\\" \u00e9\\n", "n": 3, "f": 0.5, "l": [1, "x", null], '
                                    '"d": {"k": true}, "no": false}')
@@ -261,7 +259,7 @@ def test_template_kwargs_of_every_json_kind_reach_the_template():
 ])
 def test_bad_template_kwargs_are_named(text, message):
     from eagle3kit.errors import UserError
-    from eagle3kit.train.data import parse_template_kwargs
+    from eagle3kit.train.template import parse_template_kwargs
 
     with pytest.raises(UserError) as info:
         parse_template_kwargs(text)

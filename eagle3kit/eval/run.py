@@ -12,7 +12,7 @@ import torch
 from eagle3kit.errors import UserError
 from eagle3kit.eval.decode import SpeculativeDecoder, TreeDecoder, plain_decode
 from eagle3kit.eval.report import active_filters, breakdown, finish, summarize
-from eagle3kit.train.data import end_of_turn_ids
+from eagle3kit.train.template import end_of_turn_ids
 from eagle3kit.ui import UI
 
 
@@ -70,7 +70,8 @@ def prompts_with_origins(path: str, tokenizer, limit: int) -> list[tuple[list[in
     """Up to ``limit`` prompts: each human turn of each conversation, with the conversation
     before it, rendered with the chat template and the generation prompt; each with its
     origin ``(record id, human turn)``."""
-    from eagle3kit.train.data import read_unified, to_messages
+    from eagle3kit.train.data import read_unified
+    from eagle3kit.train.template import to_messages
 
     prompts = []
     for record in read_unified(path):

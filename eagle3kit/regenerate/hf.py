@@ -48,7 +48,7 @@ class HFBackend:
                             "eos_token_ids": self.eos_ids}
 
     def _end_of_turn_ids(self) -> list[int]:
-        from eagle3kit.train.data import end_of_turn_ids
+        from eagle3kit.train.template import end_of_turn_ids
 
         return end_of_turn_ids(self.tokenizer, self.model)
 

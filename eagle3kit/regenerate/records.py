@@ -55,7 +55,7 @@ def source_digest(conversation: Sequence[dict[str, str]]) -> str:
 def prompt_messages(item: Item, answers: Sequence[str], turn: int) -> list[dict[str, str]]:
     """Chat messages of the prompt for assistant turn ``turn``: every message before it,
     with the earlier assistant answers replaced by the regenerated ``answers``."""
-    from eagle3kit.train.data import ROLES
+    from eagle3kit.train.template import ROLES
 
     position = item.turns[turn]
     replaced = {p: answers[k] for k, p in enumerate(item.turns[:turn])}

@@ -29,18 +29,11 @@ from eagle3kit.atomic import atomic_write_text
 from eagle3kit.checkpoint import load_draft, save_draft
 from eagle3kit.errors import UserError, first_line
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
-from eagle3kit.train.data import (
-    TokenizedData,
-    count_masked_tokens,
-    load_or_build_draft_vocab,
-    load_tokenized,
-    make_micro_batch,
-    pack,
-    shard_bins,
-)
+from eagle3kit.train.data import TokenizedData, load_tokenized
 from eagle3kit.train.distributed import all_reduce_sum, init_distributed, rank0_first
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 from eagle3kit.train.ds_config import load_ds_config, lr_lambda
+from eagle3kit.train.packing import make_micro_batch, pack, shard_bins
 from eagle3kit.train.report import Reporter, final_table
 from eagle3kit.train.run_folder import (
     BEST,
@@ -59,6 +52,7 @@ from eagle3kit.train.run_folder import (
 )
 from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
+from eagle3kit.train.vocab import count_masked_tokens, load_or_build_draft_vocab
 from eagle3kit.train.warmstart import continue_from
 from eagle3kit.ui import UI, SilentUI
 
@@ -325,7 +319,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     module = DraftTrainer(draft).to(device)
 
     lengths = np.asarray(data.train.dataset["length"])
-    per_epoch, total_steps = plan.per_epoch, plan.total_steps
+    total_steps = plan.total_steps
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     has_scheduler = "scheduler" in ds_config
     engine, _, _, _ = deepspeed.initialize(

@@ -46,7 +46,7 @@ def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any]
     rendered with ``template_kwargs`` (:func:`eagle3kit.train.data.with_template_kwargs`)."""
     from transformers import AutoTokenizer
 
-    from eagle3kit.train.data import require_chat_template, with_template_kwargs
+    from eagle3kit.train.template import require_chat_template, with_template_kwargs
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
