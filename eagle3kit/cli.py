@@ -210,6 +210,9 @@ def _int_list(ctx, param, value):
 @click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes for tokenisation.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--source", "sources_", multiple=True, help="Sources to mix when no --trainpath is given.")
+@click.option("--target-tp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the target over groups of this many ranks (tensor parallel, for a target too large for one "
+                   "GPU; needs accelerate). The draft still trains on every rank's own data.")
 @template_kwargs_option("the loss mask, the cache and --resume follow them; render prompts the same way when serving")
 @click.option("--dry-run", is_flag=True,
               help="Prepare the data (tokenise, draft vocabulary), print the plan (data, draft size, packing, steps) "

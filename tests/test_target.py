@@ -232,3 +232,18 @@ def test_a_base_model_without_a_chat_template_is_refused_by_every_command(tiny_t
         assert result.returncode != 0
         assert f"the tokenizer of '{base}' has no chat template" in result.stderr, (args[0], result.stderr[-2000:])
         assert "Traceback" not in result.stderr
+
+
+def test_target_tp_errors_name_what_to_do(tiny_target, monkeypatch):
+    import importlib.util
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.target import load_target_model
+    from eagle3kit.train.target_parallel import tensor_parallel_mesh
+
+    with pytest.raises(UserError, match=r"--target-tp 2: the 3 rank\(s\) must split into groups of 2; launch a multiple"):
+        tensor_parallel_mesh(3, 2, torch.device("cpu"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(UserError, match="--target-tp needs the accelerate package: pip install accelerate"):
+        load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, tp_mesh=object())

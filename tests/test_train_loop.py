@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,10 +182,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, tiny_target, mixed_data):
+def train_on_two_ranks(savedir: Path, tiny_target, mixed_data, *extra: str) -> list[str]:
+    """``eagle3kit train`` as two gloo processes (what a launcher starts); their stderr."""
     port = str(_free_port())
     args = ["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
-            "--savedir", str(tmp_path / "ck"), "--cache-dir", str(tmp_path / "cache"), "--max-steps", "6", *TRAIN_ARGS]
+            "--testpath", str(mixed_data / "test.jsonl"), "--savedir", str(savedir), "--cache-dir",
+            str(savedir.parent / "cache"), "--max-steps", "6", "--eval-every", "3", *TRAIN_ARGS, *extra]
     procs = []
     for rank in range(2):
         env = {**os.environ, "WANDB_MODE": "disabled", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
@@ -194,7 +197,40 @@ def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, tiny_tar
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    r0, r1 = summary(tmp_path / "ck", 0), summary(tmp_path / "ck", 1)
+    return [err for _, err in outs]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory, tiny_target, mixed_data) -> Path:
+    savedir = tmp_path_factory.mktemp("two_ranks") / "ck"
+    train_on_two_ranks(savedir, tiny_target, mixed_data)
+    return savedir
+
+
+def test_two_ranks_train_disjoint_shards_to_identical_weights(two_rank_run):
+    r0, r1 = summary(two_rank_run, 0), summary(two_rank_run, 1)
     assert r0["world_size"] == r1["world_size"] == 2 and r0["step"] == r1["step"] == 6
     assert r0["rows_digest"] != r1["rows_digest"] and r0["tokens"] > 0 and r1["tokens"] > 0
     assert r0["param_digest"] == r1["param_digest"]
+
+
+def test_a_target_split_over_two_ranks_trains_the_same_draft(two_rank_run, tiny_target, mixed_data, tmp_path):
+    """``--target-tp 2``: each rank holds half of the target (transformers' tensor
+    parallelism over gloo here), the group runs it on each rank's micro-batch in turn, and
+    the draft comes out as with a whole target on every rank: same rows, same test
+    figures, weights equal to float rounding (the split sums in another order)."""
+    from safetensors.torch import load_file
+
+    err = " ".join(train_on_two_ranks(tmp_path / "ck", tiny_target, mixed_data, "--target-tp", "2")[0].split())
+    assert "target split over 2 ranks" in err
+    held = re.search(r"target: ([\d.]+)M parameters, ([\d.]+)M on this rank", err)
+    assert held and 0.45 < float(held.group(2)) / float(held.group(1)) < 0.6  # half, and the unsplit norms
+    split, whole = summary(tmp_path / "ck", 0), summary(two_rank_run, 0)
+    assert split["rows_digest"] == whole["rows_digest"] and split["tokens"] == whole["tokens"]
+    for a, b in zip(split["history"], whole["history"]):
+        assert a["step"] == b["step"] and a["acc"] == pytest.approx(b["acc"], abs=2e-3)
+    got = load_file(tmp_path / "ck" / "latest" / "draft" / "model.safetensors")
+    want = load_file(two_rank_run / "latest" / "draft" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4, msg=name)

@@ -33,7 +33,7 @@ from eagle3kit.train.data import TokenizedData, load_tokenized
 from eagle3kit.train.distributed import all_reduce_sum, init_distributed, rank0_first
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 from eagle3kit.train.ds_config import load_ds_config, lr_lambda
-from eagle3kit.train.packing import make_micro_batch, pack, shard_bins
+from eagle3kit.train.packing import MicroBatch, make_micro_batch, pack, shard_bins
 from eagle3kit.train.report import Reporter, final_table
 from eagle3kit.train.run_folder import (
     BEST,
@@ -51,6 +51,7 @@ from eagle3kit.train.run_folder import (
     write_rank_summary,
 )
 from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer
+from eagle3kit.train.target_parallel import GroupTarget, tensor_parallel_mesh, turns
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.vocab import count_masked_tokens, load_or_build_draft_vocab
 from eagle3kit.train.warmstart import continue_from
@@ -94,6 +95,7 @@ class TrainConfig:
     dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
     log_every: int = 10
     pad_to_max_tokens: bool | None = None  # fixed shapes for compiled attention; default on GPU
+    target_tp: int = 1  # split the target over groups of this many ranks (tensor parallel)
     chat_template_kwargs: dict[str, Any] | None = None  # template variables, e.g. {"enable_thinking": False}
     dry_run: bool = False  # prepare the data, print the plan, stop before loading the target's weights
     sources: list[str] = field(default_factory=lambda: ["ultrachat", "sharegpt"])
@@ -160,18 +162,29 @@ def _mix_default_sources(cfg: TrainConfig, ui: UI, rank: int) -> None:
         cfg.testpath = str(out / "test.jsonl")
 
 
-def evaluate(engine, target: FrozenTarget, data: TokenizedData, cfg: TrainConfig, rank: int, world: int,
+def target_outputs(target: FrozenTarget | GroupTarget, mb: MicroBatch | None, mask: PackedMask | None):
+    """The target's outputs for this rank's micro-batch (with a split target, every rank
+    of the group takes part, ``mb`` None when this rank has none this turn)."""
+    if isinstance(target, GroupTarget):
+        return target.run(mb)
+    return target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
+
+
+def evaluate(engine, target: FrozenTarget | GroupTarget, data: TokenizedData, cfg: TrainConfig, rank: int, world: int,
              device: torch.device, backend: str, pad_to: int | None) -> StepStats:
     """Per-step loss and accuracy of the draft on the test split (all ranks, summed)."""
     bins = pack(np.asarray(data.dataset["length"]), cfg.max_tokens, seed=cfg.seed)
     mine = bins[rank::world]
+    count = turns(len(mine), device, target.group) if isinstance(target, GroupTarget) else len(mine)
     total = torch.zeros(3, cfg.ttt_length, dtype=torch.float64)
     engine.module.eval()
     with torch.no_grad():
-        for rows in mine:
-            mb = make_micro_batch(data.dataset, rows, pad_to=pad_to).to(device)
-            mask = PackedMask.build(mb.doc_ids, backend)
-            out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
+        for i in range(count):
+            mb = make_micro_batch(data.dataset, mine[i], pad_to=pad_to).to(device) if i < len(mine) else None
+            mask = PackedMask.build(mb.doc_ids, backend) if mb is not None else None
+            out = target_outputs(target, mb, mask)
+            if mb is None:
+                continue
             _, stats = engine.module(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, False)
             total += stats.cpu()
     engine.module.train()
@@ -274,6 +287,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
     accum = int(ds_config["gradient_accumulation_steps"])
+    tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
     order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath, cfg.chat_template_kwargs)
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
     if resume_tag is not None:
@@ -293,9 +307,12 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     if target_impl == "flex":
         target_impl = TARGET_FLEX  # our compiled kernel with the packed row's block mask
     kernels = f"attention {backend}, target {target_impl}, {str(dtype).replace('torch.', '')}"
+    if cfg.target_tp > 1:
+        kernels += f", target split over {cfg.target_tp} ranks"
     if cfg.dry_run:
         return dry_run(cfg, data, plan, start, world, kernels, pad, quiet)
-    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl)
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl,
+                              tp_mesh=tp_mesh)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
         draft = continue_from(start, model.config, cfg.aux_layers, cfg.basepath, cfg.init_draft,
@@ -315,6 +332,9 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 draft.norm.weight.copy_(norm_scale)
     draft_config.torch_dtype = str(dtype).replace("torch.", "")
     target = FrozenTarget(model, draft_config.aux_layers, draft_ids)
+    runner = GroupTarget(target, tp_mesh, backend) if tp_mesh is not None else target
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    quiet.log(f"target: {model.num_parameters() / 1e6:,.1f}M parameters, {local / 1e6:,.1f}M on this rank")
     kernels = kernels.replace(f"target {target_impl}", f"target {target.attn_implementation}")  # as loaded
     module = DraftTrainer(draft).to(device)
 
@@ -386,7 +406,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         if data.test is None or last_eval == progress.step:
             return
         last_eval = progress.step
-        stats = evaluate(engine, target, data.test, cfg, rank, world, device, backend, pad_to)
+        stats = evaluate(engine, runner, data.test, cfg, rank, world, device, backend, pad_to)
         accs, losses = stats.accuracies(), stats.losses()
         tau = simulated_acceptance_length(accs)
         record = {"step": progress.step, "epoch": progress.epoch, "tau_sim": tau, "acc": accs, "loss": losses}
@@ -415,7 +435,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 rows = bins[progress.micro]
                 mb = make_micro_batch(data.train.dataset, rows, pad_to=pad_to).to(device)
                 mask = PackedMask.build(mb.doc_ids, backend)
-                out = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, mask, loss_mask=mb.loss_mask)
+                out = target_outputs(runner, mb, mask)
                 loss, stats = engine(out, mb, mask, cfg.ttt_length, cfg.ttt_decay, cfg.checkpoint_activations)
                 engine.backward(loss)
                 engine.step()

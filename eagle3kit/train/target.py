@@ -58,8 +58,12 @@ def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any]
     return tokenizer
 
 
-def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None):
-    """``from_pretrained`` with a clear error when the model cannot be found or read."""
+def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None,
+                      tp_mesh=None):
+    """``from_pretrained`` with a clear error when the model cannot be found or read.
+
+    ``tp_mesh``: split the model over the mesh's ``"tp"`` ranks with transformers' tensor
+    parallelism (:mod:`eagle3kit.train.target_parallel`)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -67,6 +71,12 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
         register_target_flex()
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if tp_mesh is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:  # transformers needs it to load a split model
+            raise UserError("--target-tp needs the accelerate package: pip install accelerate")
+        kwargs.update(tp_plan="auto", device_mesh=tp_mesh)
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -79,8 +89,11 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
             kwargs["attn_implementation"] = "eager"
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
+        if tp_mesh is not None and "tp_plan" in str(error):
+            raise UserError(f"cannot split the target {path!r} with --target-tp: {first_line(error)}") from None
         raise _load_error("the target model", path, error) from None
-    model.to(device)
+    if tp_mesh is None:
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -100,7 +113,10 @@ def draft_head_from_target(model, draft_ids: torch.Tensor) -> tuple[torch.Tensor
     vocabulary, and the per-channel scale of its final norm as the norm acts (``weight``
     for Llama's RMS norm, ``1 + weight`` for Gemma's), read off by normalising a constant
     vector; ``None`` for a norm with a bias (not an RMS norm), which the draft's cannot copy."""
-    rows = model.get_output_embeddings().weight.detach()[draft_ids.to(model.device)].float().cpu()
+    weight = model.get_output_embeddings().weight.detach()
+    if hasattr(weight, "full_tensor"):  # split over a tensor-parallel group: gather it
+        weight = weight.full_tensor()
+    rows = weight[draft_ids.to(weight.device)].float().cpu()
     norm = getattr(model.get_decoder(), "norm", None)
     weight = getattr(norm, "weight", None)
     if norm is None or weight is None or getattr(norm, "bias", None) is not None:
