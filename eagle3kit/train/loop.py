@@ -273,6 +273,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
+    tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
+
     def make_savedir() -> None:
         if not cfg.resume and resolve_pointer(savedir, LATEST):
             raise UserError(f"{savedir} already holds a training run ({LATEST} -> {resolve_pointer(savedir, LATEST)}); "
@@ -287,7 +289,6 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
     accum = int(ds_config["gradient_accumulation_steps"])
-    tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
     order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath, cfg.chat_template_kwargs)
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
     if resume_tag is not None:
