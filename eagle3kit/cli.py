@@ -312,12 +312,17 @@ def regenerate(**options):
                    "(chains; the default for them). target-only: the draft's top tokens, each taken with the "
                    "target's probability, as SGLang and vLLM verify (trees; what a server will get).")
 @template_kwargs_option("for the prompts (give what training used)")
+@click.option("--target-tp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the target over this many processes (tensor parallel; start them with torchrun "
+                   "--nproc_per_node N -m eagle3kit eval ...; needs accelerate).")
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)
 def eval_(**options):
     """Measure a draft by real speculative decoding: acceptance length, per-position acceptance, speed-up
     (or, with --server, what a running SGLang or vLLM server's draft gets on the same prompts)."""
     from eagle3kit.eval import EvalConfig, run_eval
     from eagle3kit.ui import RichUI
 
+    options.pop("local_rank")
     run_eval(EvalConfig(**options), RichUI())
 
 

@@ -430,3 +430,37 @@ def test_eval_report_breaks_tau_down_by_prompt_and_source(trained_run, tiny_targ
         assert figures["prompts"] == len(mine)
         assert figures["tau"] == pytest.approx(sum(r["produced"] for r in mine) / sum(r["passes"] for r in mine))
     assert "acceptance length by source" in result.output
+
+
+def test_eval_with_a_target_split_over_two_processes_decodes_the_same(trained_run, tiny_target, mixed_data, tmp_path):
+    """``eval --target-tp 2``: two gloo processes each hold half of the target and decode
+    in step; the first reports. The figures equal a whole target's in one process (the
+    split only reorders float sums; greedy choices do not change on this model)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from train_fixtures import eval_report
+
+    draft, data = trained_run / "best" / "draft", mixed_data / "test.jsonl"
+    _, whole = eval_report(tiny_target, draft, data, tmp_path / "whole.json", samples=6, new_tokens=32, steps=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    args = ["eval", "--basepath", str(tiny_target), "--draft", str(draft), "--data", str(data), "--num-samples", "6",
+            "--max-new-tokens", "32", "--steps", "4", "--json", str(tmp_path / "split.json"), "--target-tp", "2"]
+    procs = [subprocess.Popen([sys.executable, "-m", "eagle3kit", *args], text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "DS_ACCELERATOR": "cpu"})
+             for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "acceptance length tau" in outs[0][0] + outs[0][1] and "acceptance length tau" not in outs[1][0] + outs[1][1]
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["identical_to_greedy"] == split["prompts"] == 6
+    assert [(r["produced"], r["passes"]) for r in split["per_prompt"]] == [(r["produced"], r["passes"])
+                                                                          for r in whole["per_prompt"]]
+    assert split["tau"] == whole["tau"] and split["acceptance_rate"] == whole["acceptance_rate"]

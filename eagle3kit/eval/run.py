@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from eagle3kit.errors import UserError
 from eagle3kit.eval.decode import SpeculativeDecoder, TreeDecoder, plain_decode
 from eagle3kit.eval.report import active_filters, breakdown, finish, summarize
 from eagle3kit.train.template import end_of_turn_ids
-from eagle3kit.ui import UI
+from eagle3kit.ui import UI, SilentUI
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EvalConfig:
     engine: str = "auto"  # sglang | vllm | auto
     timeout: float = 600.0  # seconds per server request
     chat_template_kwargs: dict | None = None  # template variables for the prompts, e.g. {"enable_thinking": False}
+    target_tp: int = 1  # > 1: the target split over this many processes (torchrun), tensor parallel
     num_draft_tokens: int | None = None  # tree nodes the target checks per pass (with the root); default 1 + topk x steps, at most 64
 
 
@@ -101,6 +102,20 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _split_target(tp: int):
+    """``--target-tp``: this process's part of a target split over all ``tp`` processes
+    (started by torchrun or the deepspeed launcher). Returns ``(mesh, device, rank)``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from eagle3kit.train.distributed import init_distributed
+
+    rank, world, _, device = init_distributed()
+    if world != tp:
+        raise UserError(f"eval --target-tp {tp} runs as {tp} processes (torchrun --nproc_per_node {tp} -m eagle3kit "
+                        f"eval ...); this is one of {world}")
+    return init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)), device, rank
+
+
 def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
     from eagle3kit.checkpoint import load_draft
@@ -113,9 +128,14 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if not cfg.draft_path:
         raise UserError("give --draft DRAFT (or --server URL to measure a running SGLang or vLLM server)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mesh = None
+    if cfg.target_tp > 1:
+        mesh, device, rank = _split_target(cfg.target_tp)
+        if rank:  # every process decodes in step with the others; the first one reports
+            ui, cfg = SilentUI(), replace(cfg, json_path=None)
     dtype = _dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
-    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa")
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa", tp_mesh=mesh)
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
     draft.eval()
     text = model.config.get_text_config()

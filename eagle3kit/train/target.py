@@ -72,11 +72,9 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if tp_mesh is not None:
-        import importlib.util
+        from eagle3kit.train.target_parallel import split_kwargs
 
-        if importlib.util.find_spec("accelerate") is None:  # transformers needs it to load a split model
-            raise UserError("--target-tp needs the accelerate package: pip install accelerate")
-        kwargs.update(tp_plan="auto", device_mesh=tp_mesh)
+        kwargs.update(split_kwargs(tp_mesh))
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -94,6 +92,10 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
         raise _load_error("the target model", path, error) from None
     if tp_mesh is None:
         model.to(device)
+    else:
+        from eagle3kit.train.target_parallel import check_split
+
+        check_split(model, tp_mesh)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -34,6 +34,46 @@ def tensor_parallel_mesh(world: int, tp: int, device: torch.device):
     return init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
 
 
+def _tp(mesh):
+    return mesh["tp"] if mesh.mesh_dim_names and len(mesh.mesh_dim_names) > 1 else mesh
+
+
+def split_kwargs(mesh) -> dict[str, Any]:
+    """``from_pretrained`` arguments that split a model over ``mesh``'s ``"tp"`` ranks.
+
+    Newer transformers take a ``DistributedConfig`` and build their own mesh over every
+    process; older ones take ``tp_plan`` and the mesh. :func:`check_split` verifies the
+    split that resulted."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:  # transformers needs it to load a split model
+        raise UserError("--target-tp needs the accelerate package: pip install accelerate")
+    tp, world = _tp(mesh).size(), torch.distributed.get_world_size()
+    try:
+        from transformers import DistributedConfig
+    except ImportError:
+        DistributedConfig = None
+    if DistributedConfig is not None and tp == world:
+        return {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=tp)}
+    return {"tp_plan": "auto", "device_mesh": mesh}
+
+
+def check_split(model, mesh) -> None:
+    """Refuse a model split otherwise than ``mesh``'s tensor-parallel groups say (a
+    transformers version that ignores the mesh splits over every process)."""
+    want = torch.distributed.get_process_group_ranks(_tp(mesh).get_group())
+    for p in model.parameters():
+        if hasattr(p, "device_mesh"):
+            got = sorted(int(r) for r in p.device_mesh.mesh.flatten().tolist())
+            if got != sorted(want):
+                raise UserError(f"--target-tp {len(want)}: this transformers version split the target over ranks "
+                                f"{got}, not over groups of {len(want)}; use --target-tp "
+                                f"{torch.distributed.get_world_size()} (all processes) with it")
+            return
+    raise UserError("--target-tp: the target was loaded whole (its model has no tensor-parallel plan in this "
+                    "transformers version); run without --target-tp")
+
+
 class GroupTarget:
     """Runs a tensor-parallel target for every member of its group in turn.
 
@@ -44,7 +84,7 @@ class GroupTarget:
 
     def __init__(self, target, mesh, backend: str) -> None:
         self.target = target
-        self.group = mesh["tp"].get_group()
+        self.group = _tp(mesh).get_group()
         self.members = torch.distributed.get_process_group_ranks(self.group)
         self.rank = torch.distributed.get_rank()
         self.backend = backend
