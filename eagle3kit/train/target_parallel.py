@@ -54,7 +54,10 @@ def split_kwargs(mesh) -> dict[str, Any]:
     except ImportError:
         DistributedConfig = None
     if DistributedConfig is not None and tp == world:
-        return {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=tp)}
+        try:
+            return {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=tp)}
+        except TypeError:  # an older DistributedConfig (expert parallelism only)
+            pass
     return {"tp_plan": "auto", "device_mesh": mesh}
 
 
