@@ -247,3 +247,29 @@ def test_target_tp_errors_name_what_to_do(tiny_target, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
     with pytest.raises(UserError, match="--target-tp needs the accelerate package: pip install accelerate"):
         load_target_model(str(tiny_target), device=torch.device("cpu"), dtype=torch.float32, tp_mesh=object())
+
+
+def test_a_split_over_other_ranks_than_asked_is_refused(monkeypatch):
+    """Recent transformers ignore the mesh and split over every process: with 4 processes
+    and --target-tp 2 the target would be split four ways while eagle3kit pairs ranks."""
+    from types import SimpleNamespace
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.train import target_parallel
+
+    monkeypatch.setattr(torch.distributed, "get_process_group_ranks", lambda group: group)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    mesh = SimpleNamespace(mesh_dim_names=("dp", "tp"))
+    pair = SimpleNamespace(get_group=lambda: [2, 3], size=lambda: 2)
+    monkeypatch.setattr(target_parallel, "_tp", lambda m: pair)
+
+    def model(ranks):
+        weight = SimpleNamespace(device_mesh=SimpleNamespace(mesh=torch.tensor(ranks)))
+        return SimpleNamespace(parameters=lambda: iter([torch.zeros(1), weight]))
+
+    target_parallel.check_split(model([3, 2]), mesh)  # the pair asked for
+    with pytest.raises(UserError, match=r"--target-tp 2: this transformers version split the target over ranks "
+                                        r"\[0, 1, 2, 3\], not over groups of 2; use --target-tp 4 \(all processes\)"):
+        target_parallel.check_split(model([0, 1, 2, 3]), mesh)
+    with pytest.raises(UserError, match="the target was loaded whole"):
+        target_parallel.check_split(SimpleNamespace(parameters=lambda: iter([torch.zeros(1)])), mesh)
