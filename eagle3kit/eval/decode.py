@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -104,6 +104,22 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top
     return probs / probs.sum(-1, keepdim=True)
 
 
+def pick_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None, top_k: int = 0,
+               top_p: float = 1.0) -> int:
+    """The next token from ``logits`` (V,): the argmax at temperature 0, else a draw from
+    :func:`sampling_probs` (what the speculative decoders and the plain baseline share)."""
+    if temperature == 0:
+        return int(logits.argmax(-1))
+    return int(torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator))
+
+
+def _ancestry(nodes: list, i: int) -> Iterator[int]:
+    """Node ``i``, its parent, and so on up to its depth-1 ancestor (the root is not a node)."""
+    while i >= 0:
+        yield i
+        i = nodes[i].parent
+
+
 class SpeculativeDecoder:
     """Chain speculative decoding of one sequence at a time with a HF target and a draft.
 
@@ -153,9 +169,7 @@ class SpeculativeDecoder:
         return sampling_probs(logits, self.temperature, self.top_k, self.top_p)
 
     def _pick(self, logits: torch.Tensor) -> int:
-        if self.temperature == 0:
-            return int(logits.argmax(-1))
-        return int(torch.multinomial(self._probs(logits), 1, generator=self.generator))
+        return pick_token(logits, self.temperature, self.generator, self.top_k, self.top_p)
 
     def _draft_dist(self, hidden: torch.Tensor) -> tuple[int, torch.Tensor | None]:
         """Next draft proposal (a target id) and, when sampling, its distribution over the target vocabulary."""
@@ -281,10 +295,8 @@ class TreeDecoder(SpeculativeDecoder):
             run_ids.extend(frontier)
             ancestry = torch.zeros(len(frontier), len(run_ids), dtype=torch.bool, device=device)
             for row, i in enumerate(frontier):
-                j = i
-                while j >= 0:
+                for j in _ancestry(nodes, i):
                     ancestry[row, run_ids.index(j)] = True
-                    j = nodes[j].parent
             positions = torch.full((1, len(frontier)), start + depth - 1, device=device)
             cos, sin = self.draft.rope(positions, hidden)
             embeds = self.embed(tokens.view(1, -1)).to(hidden.dtype)
@@ -341,10 +353,8 @@ class TreeDecoder(SpeculativeDecoder):
             allowed[p:, pos:pos + p] = True
             q_pos = [pos + r for r in range(p)]
             for r, i in enumerate(chosen):
-                j = i
-                while j >= 0:
+                for j in _ancestry(nodes, i):
                     allowed[p + r, pos + row_of[j]] = True
-                    j = nodes[j].parent
                 q_pos.append(pos + p - 1 + nodes[i].depth)
             q_positions = torch.tensor(q_pos, device=device)
             k_positions = torch.cat([torch.arange(pos, device=device), q_positions])
@@ -412,10 +422,7 @@ def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Seq
         positions = torch.arange(pos, pos + ids.shape[-1], device=device)[None]
         logits = model(input_ids=ids, position_ids=positions, use_cache=True, **cache_kwarg(model, cache)).logits[0, -1].float()
         pos += ids.shape[-1]
-        if temperature == 0:
-            token = int(logits.argmax(-1))
-        else:
-            token = int(torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator))
+        token = pick_token(logits, temperature, generator, top_k, top_p)
         out.append(token)
         if token in eos:
             break
