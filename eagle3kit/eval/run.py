@@ -66,14 +66,15 @@ def acceptance_rule(cfg: EvalConfig) -> str:
     return "rejection" if tree_size(cfg) is None else "target-only"
 
 
-def prompts_with_origins(path: str, tokenizer, limit: int) -> list[tuple[list[int], tuple[str, int]]]:
+def prompts_with_origins(path: str, tokenizer, limit: int) -> tuple[list[list[int]], list[tuple[str, int]]]:
     """Up to ``limit`` prompts: each human turn of each conversation, with the conversation
-    before it, rendered with the chat template and the generation prompt; each with its
-    origin ``(record id, human turn)``."""
+    before it, rendered with the chat template and the generation prompt. Returns their
+    token ids and, for each, its origin ``(record id, human turn)``."""
     from eagle3kit.train.data import read_unified
     from eagle3kit.train.template import to_messages
 
-    prompts = []
+    prompts: list[list[int]] = []
+    origins: list[tuple[str, int]] = []
     for record in read_unified(path):
         messages = to_messages(record["conversations"])
         turn = 0
@@ -81,18 +82,19 @@ def prompts_with_origins(path: str, tokenizer, limit: int) -> list[tuple[list[in
             if message["role"] != "user":
                 continue
             text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, add_generation_prompt=True)
-            prompts.append((tokenizer(text, add_special_tokens=False)["input_ids"], (str(record["id"]), turn)))
+            prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            origins.append((str(record["id"]), turn))
             turn += 1
             if len(prompts) >= limit:
-                return prompts
+                return prompts, origins
     if not prompts:
         raise UserError(f"{path}: holds no human turn to use as a prompt")
-    return prompts
+    return prompts, origins
 
 
 def prompts_from_data(path: str, tokenizer, limit: int) -> list[list[int]]:
     """The token ids of :func:`prompts_with_origins`."""
-    return [ids for ids, _ in prompts_with_origins(path, tokenizer, limit)]
+    return prompts_with_origins(path, tokenizer, limit)[0]
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -152,7 +154,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if trained and trained != (cfg.chat_template_kwargs or {}):
         ui.warn(f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are "
                 f"rendered with {json.dumps(cfg.chat_template_kwargs or {})}: pass the same to measure it as trained")
-    prompts, origins = map(list, zip(*prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)))
+    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     size = tree_size(cfg)
@@ -211,7 +213,7 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
-    prompts, origins = map(list, zip(*prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)))
+    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
     report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui)
     report.update(breakdown(origins, report.pop("per_prompt_produced"), report.pop("per_prompt_passes")))
