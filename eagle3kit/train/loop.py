@@ -195,6 +195,7 @@ def evaluate(engine, target: FrozenTarget | GroupTarget, data: TokenizedData, cf
 class Plan:
     """How the training data is cut into steps, on this rank."""
 
+    lengths: np.ndarray  # tokens of each training conversation
     bins: list[np.ndarray]  # the rows of an epoch (before sharding), each a list of conversations
     fill: float  # share of the rows' --max-tokens that holds tokens
     per_epoch: int  # optimizer steps per epoch
@@ -213,7 +214,7 @@ def make_plan(cfg: TrainConfig, data: Prepared, rank: int, world: int, accum: in
     total_steps = per_epoch * cfg.num_epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    return Plan(bins, fill, per_epoch, total_steps)
+    return Plan(lengths, bins, fill, per_epoch, total_steps)
 
 
 def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config: DraftConfig, world: int,
@@ -238,6 +239,20 @@ def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config:
     ui.log(f"{world} rank(s), {plan.per_epoch:,} optimizer steps per epoch, {plan.total_steps:,} in all; {kernels}")
 
 
+def draft_config_for(target_config, draft_vocab_size: int, cfg: TrainConfig) -> DraftConfig:
+    """A new draft's configuration for the target (its sizes and positions, ``--aux-layers``)."""
+    try:
+        return DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers, target_model=cfg.basepath)
+    except ValueError as error:
+        raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+
+
+def kernels_text(backend: str, target_attention: str, dtype: torch.dtype, target_tp: int) -> str:
+    """The kernels of a run, as the plan prints them."""
+    text = f"attention {backend}, target {target_attention}, {str(dtype).replace('torch.', '')}"
+    return text + (f", target split over {target_tp} ranks" if target_tp > 1 else "")
+
+
 def dry_run(cfg: TrainConfig, data: Prepared, plan: Plan, start, world: int, kernels: str, pad: bool,
             ui: UI) -> dict[str, Any]:
     """``train --dry-run``: the plan from the target's config alone (no weights read)."""
@@ -247,13 +262,7 @@ def dry_run(cfg: TrainConfig, data: Prepared, plan: Plan, start, world: int, ker
         config = AutoConfig.from_pretrained(cfg.basepath)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the config of the target {cfg.basepath!r}: {first_line(error)}") from None
-    if start is not None:
-        draft_config = start.config
-    else:
-        try:
-            draft_config = DraftConfig.from_target(config, len(data.draft_ids), cfg.aux_layers, target_model=cfg.basepath)
-        except ValueError as error:
-            raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+    draft_config = start.config if start is not None else draft_config_for(config, len(data.draft_ids), cfg)
     log_plan(ui, cfg, data, plan, draft_config, world, kernels, pad)
     ui.log("dry run: nothing trained, nothing saved")
     return {"dry_run": True, "rows_per_epoch": len(plan.bins), "fill": plan.fill,
@@ -307,23 +316,18 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     target_impl = cfg.target_attention or ("flex" if backend == "flex" else "sdpa")
     if target_impl == "flex":
         target_impl = TARGET_FLEX  # our compiled kernel with the packed row's block mask
-    kernels = f"attention {backend}, target {target_impl}, {str(dtype).replace('torch.', '')}"
-    if cfg.target_tp > 1:
-        kernels += f", target split over {cfg.target_tp} ranks"
     if cfg.dry_run:
-        return dry_run(cfg, data, plan, start, world, kernels, pad, quiet)
+        return dry_run(cfg, data, plan, start, world, kernels_text(backend, target_impl, dtype, cfg.target_tp), pad,
+                       quiet)
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation=target_impl,
                               tp_mesh=tp_mesh)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
         draft = continue_from(start, model.config, cfg.aux_layers, cfg.basepath, cfg.init_draft,
-                              warn=quiet.warn if rank == 0 else (lambda m: None))
+                              warn=quiet.warn)  # silent on the other ranks
         draft_config = draft.config
     else:
-        try:
-            draft_config = DraftConfig.from_target(model.config, len(draft_ids), cfg.aux_layers, target_model=cfg.basepath)
-        except ValueError as error:
-            raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+        draft_config = draft_config_for(model.config, len(draft_ids), cfg)
         draft = Eagle3Draft(draft_config)
         draft.set_vocab(draft_ids)
         head, norm_scale = draft_head_from_target(model, draft_ids)
@@ -336,11 +340,10 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     runner = GroupTarget(target, tp_mesh, backend) if tp_mesh is not None else target
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     quiet.log(f"target: {model.num_parameters() / 1e6:,.1f}M parameters, {local / 1e6:,.1f}M on this rank")
-    kernels = kernels.replace(f"target {target_impl}", f"target {target.attn_implementation}")  # as loaded
+    kernels = kernels_text(backend, target.attn_implementation, dtype, cfg.target_tp)  # the attention as loaded
     module = DraftTrainer(draft).to(device)
 
-    lengths = np.asarray(data.train.dataset["length"])
-    total_steps = plan.total_steps
+    lengths, total_steps = plan.lengths, plan.total_steps
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     has_scheduler = "scheduler" in ds_config
     engine, _, _, _ = deepspeed.initialize(
