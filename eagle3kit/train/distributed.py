@@ -47,15 +47,19 @@ def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.cpu()
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without other ranks)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return [obj]
+    every: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, obj)
+    return every
+
+
 def _failures(error: Exception | None) -> list[str | None]:
     """Every rank's failure message (None: it succeeded), on every rank: a collective, so
     it is also a barrier."""
-    mine = None if error is None else (str(error) or type(error).__name__)
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
-        return [mine]
-    every: list[str | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every, mine)
-    return every
+    return gather_objects(None if error is None else (str(error) or type(error).__name__))
 
 
 def _agree(error: Exception | None) -> None:

@@ -19,6 +19,7 @@ import torch
 from eagle3kit.atomic import atomic_write_text
 from eagle3kit.checkpoint import WEIGHTS
 from eagle3kit.errors import UserError
+from eagle3kit.train.distributed import gather_objects
 
 LATEST, BEST = "latest", "best"
 #: in each checkpoint: the settings that fix which rows each rank trains on, in which order
@@ -119,12 +120,7 @@ def check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path)
 
 def gather_rng(device: torch.device):
     """Every rank's RNG state (each rank restores its own on resume)."""
-    state = rng_state()
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        states = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(states, state)
-        return states
-    return [state]
+    return gather_objects(rng_state())
 
 
 def prune(savedir: Path, keep_last: int, keep: set) -> None:
