@@ -106,15 +106,14 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 def _split_target(tp: int):
     """``--target-tp``: this process's part of a target split over all ``tp`` processes
     (started by torchrun or the deepspeed launcher). Returns ``(mesh, device, rank)``."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     from eagle3kit.train.distributed import init_distributed
+    from eagle3kit.train.target_parallel import tensor_parallel_mesh
 
     rank, world, _, device = init_distributed()
     if world != tp:
         raise UserError(f"eval --target-tp {tp} runs as {tp} processes (torchrun --nproc_per_node {tp} -m eagle3kit "
                         f"eval ...); this is one of {world}")
-    return init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",)), device, rank
+    return tensor_parallel_mesh(world, tp, device), device, rank
 
 
 def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
