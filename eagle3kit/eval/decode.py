@@ -83,7 +83,10 @@ def _crop_cache(cache, length: int) -> None:
 class Decoded:
     tokens: list[int]
     passes: int  # target forward passes after the prefill (verification passes)
-    accepted: list[int] = field(default_factory=list)  # proposals accepted per pass
+    accepted: list[int] = field(default_factory=list)  # proposals the target accepted, per pass
+    #: tokens each pass added to the output: accepted + 1, less what follows the end of the
+    #: turn or passes ``max_new_tokens`` (tau counts these, as a server's completion does)
+    produced: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -184,12 +187,22 @@ class SpeculativeDecoder:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
-        device = self.device
+        """Decode up to ``max_new_tokens`` after the prompt, timed from the prefill on."""
         start_time = time.perf_counter()
         cache, token, state, hidden = self._prefill(prompt_ids)
-        out = [token]
-        pos = len(prompt_ids)  # next position to be written in the target cache (the position of ``token``)
-        result = Decoded(tokens=out, passes=0)
+        result = Decoded(tokens=[token], passes=0)
+        self._passes(result, cache, state, hidden, len(prompt_ids), max_new_tokens)
+        result.tokens = result.tokens[:max_new_tokens]
+        result.seconds = time.perf_counter() - start_time
+        return result
+
+    def _passes(self, result: Decoded, cache, state: DraftState, hidden: torch.Tensor, pos: int,
+                max_new_tokens: int) -> None:
+        """Draft and verify until done, extending ``result`` (chain drafting). ``pos``: the
+        next position to be written in the target cache (the position of the last token)."""
+        device = self.device
+        out = result.tokens
+        token = out[-1]
         while len(out) < max_new_tokens and token not in self.eos:
             # propose a chain: draft positions pos-1+j, j = 0..steps-1
             proposals, qs = [], []
@@ -214,7 +227,9 @@ class SpeculativeDecoder:
                 accepted, nxt = int(a), int(nx)
             result.passes += 1
             result.accepted.append(accepted)
-            out.extend(_through_end(proposals[:accepted] + [nxt], self.eos))
+            emitted = _through_end(proposals[:accepted] + [nxt], self.eos)[:max_new_tokens - len(out)]
+            result.produced.append(len(emitted))
+            out.extend(emitted)
             # keep the target cache for token + accepted proposals; the new token is not in it yet
             kept = pos + 1 + accepted
             _crop_cache(cache, kept)
@@ -224,9 +239,6 @@ class SpeculativeDecoder:
             hidden = state.forward(features[:, : accepted + 1], next_tokens, self.embed, pos)
             pos = kept
             token = out[-1]
-        result.tokens = out[:max_new_tokens]
-        result.seconds = time.perf_counter() - start_time
-        return result
 
 
 @dataclass
@@ -332,14 +344,11 @@ class TreeDecoder(SpeculativeDecoder):
                 taken.add(i)
         return sorted(chosen, key=lambda i: (nodes[i].depth, i))
 
-    @torch.no_grad()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Decoded:
+    def _passes(self, result: Decoded, cache, state: DraftState, hidden: torch.Tensor, pos: int,
+                max_new_tokens: int) -> None:
         device = self.device
-        start_time = time.perf_counter()
-        cache, token, state, hidden = self._prefill(prompt_ids)
-        out = [token]
-        pos, pending = len(prompt_ids), [token]  # committed cache length; tokens at pos.. not in the target cache yet
-        result = Decoded(tokens=out, passes=0)
+        out = result.tokens
+        pending = [out[-1]]  # tokens at pos.. not in the target cache yet (pos: the committed cache length)
         while len(out) < max_new_tokens and out[-1] not in self.eos:
             p = len(pending)  # the draft has read up to position pos + p - 2 (its last hidden: pos + p - 2)
             nodes = self._grow(state, hidden[:, -1:], pos + p - 1)
@@ -364,16 +373,15 @@ class TreeDecoder(SpeculativeDecoder):
             result.passes += 1
             result.accepted.append(len(path))
             new = [nodes[i].token for i in path] + [nxt]
-            out.extend(_through_end(new, self.eos))
+            emitted = _through_end(new, self.eos)[:max_new_tokens - len(out)]
+            result.produced.append(len(emitted))
+            out.extend(emitted)
             # commit the pending tokens; the accepted ones are read again next pass
             _crop_cache(cache, pos + p)
             state.crop(pos + p - 1)
             rows = torch.tensor([p - 1] + [row_of[i] for i in path], device=device)
             hidden = state.forward(features[:, rows], torch.tensor(new, device=device), self.embed, pos + p - 1)
             pos, pending = pos + p, new
-        result.tokens = out[:max_new_tokens]
-        result.seconds = time.perf_counter() - start_time
-        return result
 
     def _walk(self, nodes: list[_Node], chosen: list[int], logits: torch.Tensor) -> tuple[list[int], int]:
         """:func:`accept_tree` on the verified tree: ``logits`` (1 + len(chosen), V) are the
@@ -427,4 +435,4 @@ def plain_decode(model, prompt_ids: list[int], max_new_tokens: int, eos_ids: Seq
         if token in eos:
             break
         ids = torch.tensor([[token]], device=device)
-    return Decoded(tokens=out, passes=len(out), seconds=time.perf_counter() - start)
+    return Decoded(tokens=out, passes=len(out), produced=[1] * len(out), seconds=time.perf_counter() - start)
