@@ -494,6 +494,14 @@ def test_check_names_each_problem(draft_dir, tmp_path):
         "eagle_aux_hidden_state_layer_ids", [i - 2 for i in AUX])))
     find(p, "eagle_config.eagle_aux_hidden_state_layer_ids", text="nested + 1 must equal")
 
+    def repeated(c):
+        c["eagle_aux_hidden_state_layer_ids"] = [2, 3, 3]
+        c["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = [1, 2, 2]
+
+    p = check_draft(case("repeated", config=repeated))
+    find(p, "eagle_aux_hidden_state_layer_ids", text="capture each layer once")
+    find(p, "eagle_config.eagle_aux_hidden_state_layer_ids", text="capture each layer once")
+
     p = check_draft(case("nbr", config=lambda c: c.__setitem__("norm_before_residual", True)), "sglang")
     find(p, "norm_before_residual", text="SGLang does not read it")
     p = check_draft(case("layers", config=lambda c: c.__setitem__("num_hidden_layers", 2)))

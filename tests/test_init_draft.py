@@ -53,14 +53,14 @@ def test_load_draft_reads_drafts_trained_elsewhere(trained_run, tiny_target, tmp
     eagle = load_draft(eagle_style_copy(src, tmp_path / "eagle"))
     assert_same_weights(state(eagle), state(reference))  # t2d rebuilt from d2t, the embedding ignored
     assert eagle.config.aux_layers == [] and eagle.config.max_position_embeddings == 2048
-    assert reference.config.aux_layers == [2, 3, 3]
+    assert reference.config.aux_layers == [1, 3, 5]
 
     spec_dir, _, _ = export_draft(src, "speculators", tmp_path / "spec", basepath=str(tiny_target))
     keys = load_file(str(spec_dir / "model.safetensors"))
     assert any(k.startswith("layers.0.") for k in keys) and not any(k.startswith("midlayer.") for k in keys)
     spec = load_draft(spec_dir)
     assert_same_weights(state(spec), state(reference))
-    assert spec.config.aux_layers == [2, 3, 3]
+    assert spec.config.aux_layers == [1, 3, 5]
 
 
 def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path):
@@ -101,14 +101,14 @@ def test_continued_config_keeps_the_drafts_shapes_and_the_targets_positions(trai
     published = dataclasses.replace(start, aux_layers=[], max_position_embeddings=2048,
                                     rope={"rope_theta": 12345.0}, intermediate_size=2 * start.intermediate_size)
     run = continued_config(published, target, None, "t", "src", warnings.append)
-    assert run.aux_layers == [2, 3, 3] and run.max_position_embeddings == target.max_position_embeddings
+    assert run.aux_layers == [1, 3, 5] and run.max_position_embeddings == target.max_position_embeddings
     assert run.intermediate_size == 2 * start.intermediate_size and run.rope == start.rope
     assert [w.split(" ")[2:5] for w in warnings] == [["does", "not", "say"], ["was", "trained", "with"],
                                                      ["says", "max_position_embeddings", "2,048;"]]
 
     given = continued_config(dataclasses.replace(start, aux_layers=[]), target, [1, 2, 3], "t", "src", print)
     assert given.aux_layers == [1, 2, 3]
-    with pytest.raises(UserError, match=r"trained on hidden states \[2, 3, 3\], not --aux-layers 1,2,3"):
+    with pytest.raises(UserError, match=r"trained on hidden states \[1, 3, 5\], not --aux-layers 1,2,3"):
         continued_config(start, target, [1, 2, 3], "t", "src", print)
     with pytest.raises(UserError, match="vocabulary of .* it is a draft for another model"):
         continued_config(dataclasses.replace(start, vocab_size=start.vocab_size + 1), target, None, "t", "src", print)
@@ -134,7 +134,7 @@ def test_training_continues_from_a_published_draft(trained_run, tiny_target, mix
     assert_same_weights(load_file(str(saved / "model.safetensors")), load_file(str(src / "model.safetensors")))
     config = json.loads((saved / "config.json").read_text())
     assert config["draft_vocab_size"] == json.loads((src / "config.json").read_text())["draft_vocab_size"] != 64
-    assert config["max_position_embeddings"] == 4096 and config["eagle_aux_hidden_state_layer_ids"] == [2, 3, 3]
+    assert config["max_position_embeddings"] == 4096 and config["eagle_aux_hidden_state_layer_ids"] == [1, 3, 5]
     assert config["eagle3kit"]["init_draft"] == str(published)
 
     # the run's first evaluation is the trained draft's last one: same weights, features, positions

@@ -90,6 +90,10 @@ def _aux_problems(flat: dict[str, Any], fmt: str, target: dict[str, Any] | None)
     for key, ids in ((top_key, top), (nested_key, nested)):
         if ids and len(ids) != 3:
             problems.append(_error(key, f"{ids}: fc fuses three target hidden states, so give three layer ids"))
+        elif ids and len(set(ids)) < 3:
+            problems.append(_error(key, f"{ids}: SGLang and vLLM capture each layer once, so a repeated id gives fc "
+                                        "fewer features than it takes (a shape error at the first request); the "
+                                        "draft must be trained on three distinct layers"))
     if top and nested and [i + 1 for i in nested] != top:
         hint = (" The same list is written in both places, so one of them is off by one." if top == nested else "")
         problems.append(_error(nested_key, f"{nested} vs the top-level {top_key} {top}: the top-level list (vLLM) is "

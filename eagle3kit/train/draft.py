@@ -41,9 +41,14 @@ def default_aux_layers(num_layers: int) -> list[int]:
     """HF ``output_hidden_states`` indices of the three fused features: low, middle, high.
 
     Index i is the input of decoder layer i (index 0 = the embeddings), which is what
-    SGLang and vLLM capture on the target's side at serving time.
+    SGLang and vLLM capture on the target's side at serving time. The engines capture each
+    layer once, so a repeated index could not be served: a target too shallow for these
+    three to differ (fewer than 7 layers) gets three distinct ones spread over 1..N-1.
     """
-    return [2, num_layers // 2, num_layers - 3]
+    ids = [2, num_layers // 2, num_layers - 3]
+    if len(set(ids)) < 3 and num_layers >= 4:
+        ids = [1, num_layers // 2, num_layers - 1]
+    return ids
 
 
 @dataclass
@@ -78,6 +83,8 @@ class DraftConfig:
         aux = list(aux_layers) if aux_layers else default_aux_layers(layers)
         if len(aux) != 3 or not all(0 <= i <= layers for i in aux):
             raise ValueError(f"aux layers {aux}: need three hidden-state indices in 0..{layers}")
+        if aux_layers and len(set(aux)) < 3:
+            raise ValueError(f"aux layers {aux}: SGLang and vLLM capture each layer once, so the three must differ")
         raw = c.to_dict()
         rope = {k: raw[k] for k in ROPE_KEYS if raw.get(k) is not None}
         act = getattr(c, "hidden_act", "silu")
@@ -107,17 +114,31 @@ class DraftConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dimensions of each head are rotated: ``head_dim`` times the
+        target's ``partial_rotary_factor`` (Phi-4-mini 0.75, GLM-4 0.5), as the engines do."""
+        factor = self.rope.get("partial_rotary_factor")
+        if factor is None and isinstance(self.rope.get("rope_parameters"), dict):
+            factor = self.rope["rope_parameters"].get("partial_rotary_factor")
+        return int(self.head_dim * float(factor)) if factor is not None else self.head_dim
+
     def rotary_config(self):
-        """A ``LlamaConfig`` carrying only what the rotary embedding needs."""
+        """A ``LlamaConfig`` carrying only what the rotary embedding needs: frequencies for
+        the rotated dimensions (``head_dim`` = :attr:`rotary_dim`, no partial factor, which
+        ``LlamaRotaryEmbedding`` would not apply)."""
         from transformers import LlamaConfig
 
+        rope = {k: v for k, v in self.rope.items() if k != "partial_rotary_factor"}
+        if isinstance(rope.get("rope_parameters"), dict):
+            rope["rope_parameters"] = {k: v for k, v in rope["rope_parameters"].items() if k != "partial_rotary_factor"}
         return LlamaConfig(
             hidden_size=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim,
+            head_dim=self.rotary_dim,
             max_position_embeddings=self.max_position_embeddings,
-            **self.rope,
+            **rope,
         )
 
 
@@ -174,8 +195,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x``: (B, heads, T, D); ``cos``/``sin``: (B, T, D)."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    """``x``: (B, heads, T, D); ``cos``/``sin``: (B, T, R), R <= D: the first R dimensions
+    are rotated (neox style, halves), the rest pass unchanged (partial rotary)."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    rot, rest = x[..., :r], x[..., r:]
+    return torch.cat((rot * cos.unsqueeze(1) + rotate_half(rot) * sin.unsqueeze(1), rest), dim=-1)
 
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -215,7 +241,7 @@ class Eagle3Draft(nn.Module):
         return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
 
     def rope(self, position_ids: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B, T, head_dim) for ``position_ids`` (B, T), in ``like``'s dtype."""
+        """cos, sin (B, T, rotary_dim) for ``position_ids`` (B, T), in ``like``'s dtype."""
         rotary = self.rotary
         if rotary.inv_freq.device != like.device:
             rotary.to(like.device)  # stays fp32
