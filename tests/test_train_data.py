@@ -168,6 +168,16 @@ def test_draft_vocab_with_fewer_distinct_tokens_says_so_and_adds_specials():
     assert "2 distinct answer tokens" in warnings[0] and "4 entries" in warnings[0]
 
 
+def test_draft_vocab_keeps_every_answer_token_when_the_specials_do_not_all_fit():
+    """Specials fill what is left after every token seen, in the order given; they never
+    push out an answer token (here the most frequent one, id 500)."""
+    counts = np.zeros(1000, dtype=np.int64)
+    counts[[10, 500, 900]] = [1, 200, 3]
+    v = choose_draft_vocab(counts, 4, special_ids=[990, 1, 2, 3, 500], warn=lambda m: None)
+    assert v.ids.tolist() == [10, 500, 900, 990]
+    assert v.coverage == 1.0
+
+
 def test_tokenised_data_and_vocab_are_cached_by_content(tmp_path, llama3):
     import json
 

@@ -48,8 +48,8 @@ def count_masked_tokens(dataset, vocab_size: int) -> np.ndarray:
 def choose_draft_vocab(counts: np.ndarray, size: int, special_ids: Sequence[int] = (), warn=print) -> DraftVocab:
     """The ``size`` most frequent ids (ties: lower id first), sorted by id.
 
-    With fewer distinct ids in the data than ``size``, every id seen plus the special
-    tokens, and say so.
+    With fewer distinct ids in the data than ``size``, every id seen plus as many of the
+    special tokens (in the order given) as fit, and say so.
     """
     counts = np.asarray(counts)
     seen = np.nonzero(counts)[0]
@@ -58,9 +58,10 @@ def choose_draft_vocab(counts: np.ndarray, size: int, special_ids: Sequence[int]
         order = np.lexsort((np.arange(len(counts)), -counts))[:size]
         ids = np.sort(order)
     else:
-        extra = [i for i in special_ids if 0 <= i < len(counts)]
+        seen_set = set(seen.tolist())
+        extra = list(dict.fromkeys(i for i in special_ids if 0 <= i < len(counts) and i not in seen_set))
+        extra = extra[:size - len(seen)]  # every answer token first; specials in the order given fill the rest
         ids = np.unique(np.concatenate([seen, np.asarray(extra, dtype=np.int64)])).astype(np.int64)
-        ids = ids[:size] if len(ids) > size else ids
         warn(f"the training data has {len(seen)} distinct answer tokens, fewer than --draft-vocab-size {size}: "
              f"the draft vocabulary has {len(ids)} entries (every token seen, plus the special tokens)")
     coverage = float(counts[ids].sum() / total) if total else 0.0
