@@ -20,7 +20,7 @@ from train_fixtures import TRAIN_ARGS, run_cli
 
 from eagle3kit.checkpoint import REQUIRED_KEYS, load_draft
 from eagle3kit.errors import UserError
-from eagle3kit.train.run_folder import DATA_ORDER, check_data_order, data_order, param_digest
+from eagle3kit.train.run_folder import DATA_ORDER, check_data_order, data_order, param_digest, schedule_change
 
 
 def summary(savedir: Path, rank: int = 0) -> dict:
@@ -88,14 +88,35 @@ def test_saved_draft_is_servable_and_reloads_exactly(trained_run):
     config = json.loads((draft_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["num_hidden_layers"] == 1
     assert config["draft_vocab_size"] <= 256 and config["max_position_embeddings"] == 4096
-    assert config["eagle_aux_hidden_state_layer_ids"] == [2, 3, 3]
-    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 2]
+    assert config["eagle_aux_hidden_state_layer_ids"] == [1, 3, 5]
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0, 2, 4]
     tensors = load_file(str(draft_dir / "model.safetensors"))
     assert sorted(tensors) == sorted(REQUIRED_KEYS)
     assert tensors["d2t"].dtype == torch.int64 and tensors["t2d"].dtype == torch.bool
     assert int(tensors["t2d"].sum()) == config["draft_vocab_size"]
     reloaded = load_draft(draft_dir)
     assert param_digest(reloaded) == s["param_digest"]
+
+
+def test_a_best_checkpoint_knows_it_is_the_best(trained_run):
+    """The progress saved with a new best names that checkpoint, so a run resumed from it
+    keeps it (``prune`` spares the best) and reports it."""
+    best = os.readlink(trained_run / "best")
+    states = next((trained_run / best).glob("*model_states.pt"))
+    progress = torch.load(states, map_location="cpu", weights_only=False)["progress"]
+    assert progress["best_tag"] == best and progress["best_tau"] == summary(trained_run)["best_tau_sim"]
+
+
+def test_resume_says_when_the_learning_rate_schedule_changes(trained_run, tmp_path):
+    tag = os.readlink(trained_run / "latest")
+    saved = json.loads((trained_run / tag / DATA_ORDER).read_text())["schedule"]
+    assert saved["total_steps"] == summary(trained_run)["step"] and saved["lr"] == 3e-3
+    assert schedule_change(trained_run / tag, dict(saved)) is None
+    longer = {**saved, "total_steps": saved["total_steps"] * 2}
+    message = schedule_change(trained_run / tag, longer)
+    assert f"was total steps {saved['total_steps']}, warmup steps {saved['warmup_steps']}, lr 0.003; " \
+           f"now total steps {saved['total_steps'] * 2}," in message and "follows the new schedule" in message
+    assert schedule_change(tmp_path, longer) is None  # a checkpoint from before the schedule was kept
 
 
 def _train_args(tiny_target, mixed_data, savedir, cache):

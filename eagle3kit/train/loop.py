@@ -41,6 +41,7 @@ from eagle3kit.train.run_folder import (
     LATEST,
     Progress,
     check_data_order,
+    schedule_change,
     check_resumed_vocab,
     data_order,
     gather_rng,
@@ -346,6 +347,10 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     lengths, total_steps = plan.lengths, plan.total_steps
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     has_scheduler = "scheduler" in ds_config
+    schedule = {"total_steps": total_steps, "warmup_steps": warmup, "lr": cfg.lr}
+    change = schedule_change(savedir / resume_tag, schedule) if resume_tag is not None and not has_scheduler else None
+    if change:
+        quiet.warn(change)
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         model_parameters=[p for p in module.parameters() if p.requires_grad],
@@ -394,7 +399,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             if cfg.chat_template_kwargs:  # eval warns when its prompts are rendered otherwise
                 extra["chat_template_kwargs"] = cfg.chat_template_kwargs
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
-            atomic_write_text(savedir / tag / DATA_ORDER, json.dumps(order, indent=2) + "\n")
+            atomic_write_text(savedir / tag / DATA_ORDER, json.dumps({**order, "schedule": schedule}, indent=2) + "\n")
 
         def publish() -> None:  # every rank's part is written: `latest` may point at it
             point(savedir, LATEST, tag)
@@ -420,9 +425,10 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                           **{f"test/loss_{k}": v for k, v in enumerate(losses)}}, progress.step)
         quiet.log(f"test @ step {progress.step}: tau_sim {tau:.3f}  acc " + " ".join(f"{a:.3f}" for a in accs))
         if tau > progress.best_tau and progress.step > 0:
-            progress.best_tau = tau
+            # recorded before the save, which stores the progress: a run resumed from this
+            # checkpoint must know it is the best (and not prune it)
+            progress.best_tau, progress.best_tag = tau, f"step_{progress.step}"
             tag = save(progress.step, f"best tau_sim {tau:.3f}")
-            progress.best_tag = tag
             if rank == 0:
                 point(savedir, BEST, tag)
 

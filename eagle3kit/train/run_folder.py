@@ -55,6 +55,21 @@ def check_data_order(checkpoint: Path, now: dict[str, Any]) -> None:
                         f"on with a fresh optimizer and data order: --init-draft {checkpoint} --savedir NEW_DIR")
 
 
+def schedule_change(checkpoint: Path, now: dict[str, Any]) -> str | None:
+    """What a resumed run changes in the learning-rate schedule (``now``: total steps,
+    warm-up steps, peak rate), as a sentence; None if nothing. Not refused: raising
+    ``--max-steps`` or ``--num-epochs`` to train on is legitimate, but the rate from the
+    resumed step on then follows the new schedule."""
+    path = checkpoint / DATA_ORDER
+    saved = json.loads(path.read_text()).get("schedule") if path.is_file() else None
+    if not saved or saved == now:
+        return None
+    was = ", ".join(f"{k.replace('_', ' ')} {saved.get(k)}" for k in now)
+    new = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in now.items())
+    return (f"--resume: the learning-rate schedule of {checkpoint} was {was}; now {new} (from --max-steps, "
+            "--num-epochs, --lr or --warmup-ratio): the rate from here on follows the new schedule")
+
+
 def resolve_pointer(savedir: Path, name: str) -> str | None:
     """The tag (``step_N``) that ``savedir/name`` points at: a symlink, or a file holding it."""
     p = savedir / name
