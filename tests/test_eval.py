@@ -218,9 +218,12 @@ def test_greedy_speculative_output_equals_plain_greedy_and_trained_beats_untrain
     assert good["tau_ci95"][0] <= good["tau"] <= good["tau_ci95"][1]
     reached = good["acceptance_reached"]
     assert all(a >= b for a, b in zip(reached, reached[1:])) and reached[0] > reached[-1]
-    # every pass produces accepted + 1 tokens, and the passes account for every token after the first
+    # every pass adds accepted + 1 tokens, less what follows the end of the turn or the
+    # limit; tau counts exactly the tokens after the first (the prefill's)
     for r in spec:
-        assert sum(a + 1 for a in r.accepted) >= len(r.tokens) - 1
+        assert all(1 <= n <= a + 1 for n, a in zip(r.produced, r.accepted)) and len(r.produced) == r.passes
+        assert sum(r.produced) == len(r.tokens) - 1
+    assert good["tau"] == sum(len(r.tokens) - 1 for r in spec) / sum(r.passes for r in spec)
 
 
 def test_eval_command_writes_a_report(trained_run, tiny_target, mixed_data, tmp_path):
@@ -291,7 +294,7 @@ def test_tree_drafting_is_lossless_and_accepts_more_than_a_chain(trained_run, ta
     for c, s, t, b in zip(chain, single, tree, plain):
         assert c.tokens == s.tokens == t.tokens == b.tokens  # lossless, token for token
         assert c.accepted[:-1] == s.accepted[:-1]  # a one-wide tree is the chain (the last pass may be cut short)
-        assert sum(a + 1 for a in t.accepted) >= len(t.tokens) - 1
+        assert sum(t.produced) == len(t.tokens) - 1 and all(n <= a + 1 for n, a in zip(t.produced, t.accepted))
     assert summarize(tree, 5)["tau"] > summarize(chain, 5)["tau"] + 0.1  # more candidates, longer accepted runs
 
 

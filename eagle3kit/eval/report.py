@@ -27,7 +27,7 @@ def bootstrap_interval(produced: Sequence[int], passes: Sequence[int], seed: int
 
 def summarize(results: list[Decoded], steps: int) -> dict[str, Any]:
     """tau, its interval, and acceptance per draft position."""
-    produced = [sum(a + 1 for a in r.accepted) for r in results]
+    produced = [sum(r.produced) for r in results]
     passes = [r.passes for r in results]
     total_passes = sum(passes)
     tau = sum(produced) / total_passes if total_passes else float("nan")

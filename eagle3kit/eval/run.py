@@ -183,7 +183,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
                 task.update(advance=1)
 
     report = summarize(spec, cfg.steps)
-    report.update(breakdown(origins, [sum(a + 1 for a in r.accepted) for r in spec], [r.passes for r in spec]))
+    report.update(breakdown(origins, [sum(r.produced) for r in spec], [r.passes for r in spec]))
     report.update({
         "tree_size": size,
         "acceptance_rule": acceptance_rule(cfg),
