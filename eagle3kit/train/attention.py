@@ -74,12 +74,14 @@ def flex_block_mask(doc_ids: torch.Tensor, block: int = 128, window: int | None 
         order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # selected blocks first
         return counts[None, None], order[None, None]
 
+    # the kernel evaluates the mask over whole blocks: indices up to nb * block - 1, past the
+    # row when its length is not a multiple of the block, so it reads the padded ids
     if window is None:
         def mask_mod(b, h, q, kv):
-            return (docs[q] == docs[kv]) & (kv <= q)
+            return (padded[q] == padded[kv]) & (kv <= q)
     else:
         def mask_mod(b, h, q, kv):
-            return (docs[q] == docs[kv]) & (kv <= q) & (q - kv < window)
+            return (padded[q] == padded[kv]) & (kv <= q) & (q - kv < window)
 
     kv_num, kv_idx = table(partial)
     full_num, full_idx = table(full)
