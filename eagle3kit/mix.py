@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eagle3kit import __version__
-from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing
+from eagle3kit.atomic import atomic_write_text, remove_quietly
 from eagle3kit.errors import RecordError, UserError
 from eagle3kit.plugins import Converter, Registry, converter_for
 from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
@@ -429,13 +429,14 @@ class _NotIndexable(Exception):
 
 
 def _write_split(path: Path, column: _JsonColumn, order) -> dict[str, Any]:
-    """Stream the JSON lines at ``order`` (global row numbers) into ``path`` atomically."""
+    """Stream the JSON lines at ``order`` (global row numbers) into ``path``, a temporary
+    name (:func:`run_mix` renames both splits once both are complete)."""
     digest = hashlib.sha256()
     size = 0
-    # No fsync here (it cost about 5 s of a 30 s mix): the rename keeps an interrupted run
+    # No fsync here (it cost about 5 s of a 30 s mix): the renames keep an interrupted run
     # from leaving a partial file under the real name, and a file lost to a power cut is
     # caught by the sha256 that read_manifest checks before reusing a mix.
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         for start in range(0, len(order), _WRITE_BATCH):
             data = column.lines(order[start : start + _WRITE_BATCH])
             digest.update(data)
@@ -520,13 +521,24 @@ def run_mix(
 
     remove_quietly(out / MANIFEST)  # from here on the folder is not a complete mix
     column = _JsonColumn(runs)
+    splits = {TRAIN_FILE: rows_global[train_order], TEST_FILE: rows_global[test_order]}
+    tmp = {name: out / f".{name}.tmp-{os.getpid()}" for name in splits}
+    files = {}
     try:
         with ui.progress("writing", total=total) as task:
-            files = {}
-            files[TRAIN_FILE] = _write_split(out / TRAIN_FILE, column, rows_global[train_order])
-            task.update(advance=len(train_order))
-            files[TEST_FILE] = _write_split(out / TEST_FILE, column, rows_global[test_order])
-            task.update(advance=len(test_order))
+            for name, order in splits.items():
+                files[name] = _write_split(tmp[name], column, order)
+                task.update(advance=len(order))
+        # Both are complete: the old pair goes and the new one takes its names, test first,
+        # so that an interruption in between leaves a test split without a train split,
+        # never a new split beside an old one (test rows could then be trained on).
+        remove_quietly(out / TRAIN_FILE)
+        os.replace(tmp[TEST_FILE], out / TEST_FILE)
+        os.replace(tmp[TRAIN_FILE], out / TRAIN_FILE)
+    except BaseException:
+        for path in tmp.values():
+            remove_quietly(path)
+        raise
     finally:
         column.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 import types
 
 import numpy as np
@@ -578,7 +579,7 @@ def fail_writing(monkeypatch, file_name, fail_at=3, error=OSError(28, "No space 
     monkeypatch.setattr(mix, "_WRITE_BATCH", 2)
 
     def write_split(path, column, order):
-        if path.name == file_name:
+        if path.name.startswith(f".{file_name}.tmp-"):  # the split's temporary name
             column = _FailingColumn(column, fail_at, error)
         return original(path, column, order)
 
@@ -604,19 +605,43 @@ def test_a_failure_after_a_complete_mix_leaves_nothing_taken_as_complete(registr
     sources = (f"ultrachat:path={small.ultra}", f"sharegpt:path={small.share}")
     old = do_mix(registry, tmp_path, *sources, test_ratio=0.5)
     old_train = (tmp_path / "out" / "train.jsonl").read_bytes()
-    # a new mix (another seed) fails while writing test.jsonl, after train.jsonl was renamed
+    old_test = (tmp_path / "out" / "test.jsonl").read_bytes()
+    # a new mix (another seed) fails while writing test.jsonl, its train split complete:
+    # the old pair stays as it was, never a new train split beside the old test split
     fail_writing(monkeypatch, "test.jsonl", fail_at=2)
     with pytest.raises(OSError):
         do_mix(registry, tmp_path, *sources, test_ratio=0.5, seed=3)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path / "out")) == ["test.jsonl", "train.jsonl"]  # no manifest, no temporary file
     assert read_manifest(tmp_path / "out") is None
-    assert (tmp_path / "out" / "train.jsonl").read_bytes() != old_train
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == old_train
+    assert (tmp_path / "out" / "test.jsonl").read_bytes() == old_test
     # neither the old settings nor the new ones take the folder as complete
     ui = RecordingUI()
     again = do_mix(registry, tmp_path, *sources, test_ratio=0.5, ui=ui)
     assert again["reused"] is False and ui.logs == [] and again["fingerprint"] == old["fingerprint"]
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == old_train
+
+
+def test_an_interruption_between_the_renames_leaves_no_mixed_pair(registry, tmp_path, small, monkeypatch):
+    """The new splits take their names one after the other; stopped in between, the folder
+    holds the new test split and no train split, never a new split beside an old one."""
+    sources = (f"ultrachat:path={small.ultra}", f"sharegpt:path={small.share}")
+    do_mix(registry, tmp_path, *sources, test_ratio=0.5)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(mix.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        do_mix(registry, tmp_path, *sources, test_ratio=0.5, seed=3)
+    monkeypatch.undo()
+    assert calls == ["test.jsonl", "train.jsonl"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["test.jsonl"] and read_manifest(tmp_path / "out") is None
 
 
 def test_a_hand_edited_output_is_not_taken_as_complete(registry, tmp_path, small):
