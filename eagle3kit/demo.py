@@ -17,6 +17,24 @@ from typing import Any
 from eagle3kit.ui import UI
 
 
+#: written into ``--out`` first: the folder is the demo's, so it may replace what it holds
+MARKER = ".eagle3kit-demo"
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo's folder: new, empty, or one an earlier demo wrote (marked).
+    The demo replaces its checkpoints and reuses its target, so any other folder is refused."""
+    from eagle3kit.errors import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out}: a file; give a folder (a new one is made)")
+    if out.is_dir() and not (out / MARKER).exists() and any(out.iterdir()):
+        raise UserError(f"demo --out {out}: the folder holds files the demo did not write (it would replace its "
+                        "checkpoints/ and reuse its target/); give a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by eagle3kit demo, which may replace what this folder holds\n")
+
+
 def run_demo(out: Path, ui: UI, target_steps: int = 120, epochs: int = 1) -> dict[str, Any]:
     from eagle3kit.eval import EvalConfig, run_eval
     from eagle3kit.export import FORMATS, export_draft
@@ -31,6 +49,7 @@ def run_demo(out: Path, ui: UI, target_steps: int = 120, epochs: int = 1) -> dic
 
     hf_logging.disable_progress_bar()  # tiny local models: loading bars would only clutter the demo's own
     out = Path(out)
+    claim_folder(out)
     data, target, ckpt, cache = out / "data", out / "target", out / "checkpoints", out / "cache"
     ui.log(f"1/5 mixing the bundled samples into {data}")
     specs = [SourceSpec.parse(f"ultrachat:path={SAMPLES / 'ultrachat_sample.jsonl'}"),
