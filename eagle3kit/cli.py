@@ -7,6 +7,8 @@ it needs (datasets, torch, transformers, deepspeed) inside its body, so ``--help
 
 from __future__ import annotations
 
+import errno
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +34,28 @@ class _Group(click.Group):
             click.secho("Interrupted. Files are written under temporary names and renamed when complete, "
                         "so nothing partial was left under a real name.", fg="yellow", err=True)
             sys.exit(130)
+        except OSError as error:  # the disk's answer to a write: a read-only folder, no space, no permission
+            if error.errno not in _WRITE_ERRORS:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            click.secho(f"Error: cannot write{where}: {error.strerror}. Choose another output folder (or free "
+                        "space) and run again; files are written under temporary names and renamed when complete, "
+                        "so nothing partial was left under a real name.", fg="red", err=True)
+            sys.exit(2)
+
+
+_WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses nan and inf, which pass every bound check (nan
+    compares false with all of them)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -104,7 +128,7 @@ def plugins():
               help="Folder for train.jsonl, test.jsonl and manifest.json. Default: <cache-dir>/mixed.")
 @click.option("--cache-dir", "--cache_dir", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=DEFAULT_CACHE_DIR, show_default=True, help="Downloads and converted data are cached here.")
-@click.option("--test-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+@click.option("--test-ratio", type=Finite(0, 1, max_open=True), default=0.05, show_default=True,
               help="Share of the mix held out as test.jsonl (round(ratio x N) conversations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle (and of weight= sampling).")
 @click.option("--num-proc", type=click.IntRange(min=1), default=None,
@@ -171,9 +195,9 @@ def _int_list(ctx, param, value):
               default=None, help="DeepSpeed JSON config. Default: the packaged bf16 ZeRO-2 AdamW config.")
 @click.option("--num-epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+@click.option("--lr", type=Finite(min=0, min_open=True), default=1e-4, show_default=True,
               help="Peak learning rate (linear warm-up, then cosine decay).")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.015, show_default=True)
+@click.option("--warmup-ratio", type=Finite(0, 1), default=0.015, show_default=True)
 @click.option("--max-len", type=click.IntRange(min=16), default=2048, show_default=True,
               help="Longest conversation in tokens; longer ones are truncated at a turn boundary (counted).")
 @click.option("--max-tokens", type=click.IntRange(min=16), default=16384, show_default=True,
@@ -181,7 +205,7 @@ def _int_list(ctx, param, value):
 @click.option("--draft-vocab-size", type=click.IntRange(min=1), default=32000, show_default=True)
 @click.option("--ttt-length", type=click.IntRange(min=1), default=7, show_default=True,
               help="Training-time-test steps unrolled per position.")
-@click.option("--ttt-decay", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--ttt-decay", type=Finite(0, 1), default=0.8, show_default=True,
               help="Weight of step k's loss is decay**k.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="Evaluate on the test split every N optimizer steps (and at every epoch end).")
@@ -251,13 +275,13 @@ def train(**options):
               help="Requests in flight at once (server backend).")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Retries per request, with exponential back-off (server backend).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--timeout", type=Finite(min=0, min_open=True), default=600.0, show_default=True,
               help="Seconds per request (server backend).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Prompts per generate() call (in-process backend).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=2048, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--temperature", type=Finite(min=0), default=0.0, show_default=True)
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Regenerate only the first N records.")
 @click.option("--system-prompt", default=None, help="System message for every conversation (replaces one it has).")
@@ -285,17 +309,17 @@ def regenerate(**options):
                    "same prompts, one at a time, e.g. http://localhost:30000.")
 @click.option("--engine", type=click.Choice(["auto", "sglang", "vllm"]), default="auto", show_default=True,
               help="With --server: which engine it is (auto: vLLM if /metrics has vllm: counters, else SGLang).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--timeout", type=Finite(min=0, min_open=True), default=600.0, show_default=True,
               help="With --server: seconds per request.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="Unified JSONL (test split).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=80, show_default=True,
               help="Prompts to decode: every human turn of the data, with the conversation before it.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True, help="Draft tokens proposed per target pass.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--temperature", type=Finite(min=0), default=0.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --temperature > 0: sample from the K most likely tokens only (0: all).")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-p", type=Finite(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="With --temperature > 0: nucleus sampling, the fewest most likely tokens that reach P (1: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)

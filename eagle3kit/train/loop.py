@@ -14,6 +14,7 @@ from __future__ import annotations
 import faulthandler
 import hashlib
 import json
+import math
 import random
 import signal
 import time
@@ -240,6 +241,17 @@ def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config:
     ui.log(f"{world} rank(s), {plan.per_epoch:,} optimizer steps per epoch, {plan.total_steps:,} in all; {kernels}")
 
 
+def check_finite(stats: StepStats, what: str, cfg: TrainConfig, savedir: Path) -> None:
+    """Stop a diverged run (every rank sees the same reduced sums) before it logs, or saves
+    as the best, a draft of NaNs."""
+    if all(math.isfinite(v) for v in stats.loss_sum):
+        return
+    last = resolve_pointer(savedir, LATEST)
+    raise UserError(f"{what} is {[round(v, 4) for v in stats.loss_sum]} summed per TTT step: training diverged "
+                    f"(--lr {cfg.lr:g}); lower --lr" + (f", or start again from {savedir / last} with --resume" if last
+                                                        else ""))
+
+
 def draft_config_for(target_config, draft_vocab_size: int, cfg: TrainConfig) -> DraftConfig:
     """A new draft's configuration for the target (its sizes and positions, ``--aux-layers``)."""
     try:
@@ -416,6 +428,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             return
         last_eval = progress.step
         stats = evaluate(engine, runner, data.test, cfg, rank, world, device, backend, pad_to)
+        check_finite(stats, f"the test loss at step {progress.step}", cfg, savedir)  # never a diverged best
         accs, losses = stats.accuracies(), stats.losses()
         tau = simulated_acceptance_length(accs)
         record = {"step": progress.step, "epoch": progress.epoch, "tau_sim": tau, "acc": accs, "loss": losses}
@@ -462,6 +475,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 if progress.step % cfg.log_every == 0 or progress.step == total_steps:
                     summed = all_reduce_sum(torch.cat([window.flatten().cpu(), torch.tensor([window_tokens], dtype=torch.float64)]), device)
                     s = StepStats.from_tensor(summed[:-1].view(3, cfg.ttt_length))
+                    check_finite(s, f"the training loss at step {progress.step}", cfg, savedir)
                     elapsed = time.perf_counter() - window_start
                     tps = float(summed[-1]) / max(elapsed, 1e-9)
                     accs, losses = s.accuracies(), s.losses()

@@ -1,0 +1,65 @@
+"""Failures a user causes on any command: a clear line naming the thing, exit status 2,
+never a traceback."""
+
+from __future__ import annotations
+
+import errno
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from eagle3kit.cli import _Group, cli
+from eagle3kit.errors import UserError
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--lr", "nan"], ["train", "--lr", "inf"], ["train", "--ttt-decay", "nan"],
+    ["train", "--warmup-ratio", "nan"], ["eval", "--basepath", "t", "--data", "d", "--temperature", "nan"],
+    ["eval", "--basepath", "t", "--data", "d", "--temperature", "inf"],
+    ["eval", "--basepath", "t", "--data", "d", "--top-p", "nan"],
+    ["regenerate", "--basepath", "t", "--input", "i", "--out", "o", "--temperature", "nan"],
+    ["regenerate", "--basepath", "t", "--input", "i", "--out", "o", "--top-p", "nan"],
+])
+def test_non_finite_numbers_are_refused(args):
+    """nan and inf pass click's range checks (nan compares false with every bound)."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "is not a finite number" in result.output, result.output
+    assert f"'{args[-2]}'" in result.output
+
+
+def _group_raising(error: BaseException):
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    @group.command()
+    def write():
+        raise error
+
+    return group
+
+
+def test_a_write_the_disk_refuses_is_one_line_naming_the_file():
+    for code, words in ((errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device"),
+                        (errno.EACCES, "Permission denied")):
+        result = CliRunner().invoke(_group_raising(OSError(code, words, "/ro/out/.eval.json.tmp-1")), ["write"])
+        assert result.exit_code == 2
+        assert f"Error: cannot write /ro/out/.eval.json.tmp-1: {words}. Choose another output folder" in result.output
+    # other errors are not dressed up as write errors
+    result = CliRunner().invoke(_group_raising(OSError(errno.ENOENT, "No such file", "x")), ["write"])
+    assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError)
+
+
+def test_a_diverged_run_stops_before_it_saves_a_draft_of_nans(tmp_path):
+    from eagle3kit.train.loop import TrainConfig, check_finite
+    from eagle3kit.train.ttt import StepStats
+
+    cfg = TrainConfig(lr=5.0)
+    check_finite(StepStats([1.0, 2.0], [1, 1], [2, 2]), "the test loss at step 4", cfg, tmp_path)
+    with pytest.raises(UserError, match=r"the test loss at step 4 is \[nan, 2.0\] .* diverged \(--lr 5\); lower --lr$"):
+        check_finite(StepStats([float("nan"), 2.0], [0, 1], [2, 2]), "the test loss at step 4", cfg, tmp_path)
+    (tmp_path / "step_2").mkdir()
+    (tmp_path / "latest").symlink_to("step_2")
+    with pytest.raises(UserError, match=r"lower --lr, or start again from .*step_2 with --resume"):
+        check_finite(StepStats([float("inf")], [0], [1]), "the training loss at step 3", cfg, tmp_path)
