@@ -197,6 +197,24 @@ def test_resume_names_another_number_of_ranks(tmp_path):
         check_data_order(tmp_path, data_order(2, 1, 512, 256, 0, "train.jsonl", {"enable_thinking": False}))
 
 
+def test_resume_refuses_a_training_file_whose_content_changed(tmp_path):
+    """Same name, other rows: the saved position would point into other micro-batches."""
+    import hashlib
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"id": "a"}\n')
+    order = data_order(1, 1, 512, 256, 0, str(data))
+    assert order["trainpath_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    (tmp_path / DATA_ORDER).write_text(json.dumps(order))
+    with open(data, "a") as f:
+        f.write('{"id": "b"}\n')
+    now = data_order(1, 1, 512, 256, 0, str(data))
+    with pytest.raises(UserError) as error:
+        check_data_order(tmp_path, now)
+    assert (f"the --trainpath file's sha256 {order['trainpath_sha256'][:12]}... "
+            f"(now {now['trainpath_sha256'][:12]}...)") in str(error.value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ content, the tokenizer (with its chat template) and ``--max-len``."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +50,14 @@ def _unified_generator(path: str, size: int, mtime_ns: int) -> Iterator[dict[str
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (what the caches are keyed by, not its name or date)."""
+    """sha256 of a file's bytes (what the caches are keyed by, not its name or date); read
+    once per process for a file of the same size and date."""
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

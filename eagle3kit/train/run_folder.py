@@ -26,7 +26,7 @@ LATEST, BEST = "latest", "best"
 DATA_ORDER = "data_order.json"
 _OPTION = {"world_size": "ranks", "gradient_accumulation_steps": "gradient_accumulation_steps (DeepSpeed config)",
            "max_tokens": "--max-tokens", "max_len": "--max-len", "seed": "--seed", "trainpath": "--trainpath",
-           "chat_template_kwargs": "--chat-template-kwargs"}
+           "chat_template_kwargs": "--chat-template-kwargs", "trainpath_sha256": "the --trainpath file's sha256"}
 
 
 def data_order(world: int, accumulation: int, max_tokens: int, max_len: int, seed: int, trainpath: str,
@@ -34,8 +34,11 @@ def data_order(world: int, accumulation: int, max_tokens: int, max_len: int, see
     """What a resumed run must share with the run it continues to train on the same rows
     in the same order (the position saved in :class:`Progress` counts micro-batches of this
     rank's shard)."""
+    from eagle3kit.train.data import file_digest
+
     return {"world_size": world, "gradient_accumulation_steps": accumulation, "max_tokens": max_tokens,
             "max_len": max_len, "seed": seed, "trainpath": str(Path(trainpath).resolve()),
+            "trainpath_sha256": file_digest(trainpath) if Path(trainpath).is_file() else None,
             "chat_template_kwargs": dict(chat_template_kwargs or {})}
 
 
@@ -47,7 +50,10 @@ def check_data_order(checkpoint: Path, now: dict[str, Any]) -> None:
     if not path.is_file():  # a checkpoint from before this record was kept
         return
     saved = json.loads(path.read_text())
-    changed = [f"{_OPTION.get(key, key)} {saved[key]} (now {value})" for key, value in now.items()
+    def show(key: str, value: Any) -> Any:
+        return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else value
+
+    changed = [f"{_OPTION.get(key, key)} {show(key, saved[key])} (now {show(key, value)})" for key, value in now.items()
                if key in saved and saved[key] != value]
     if changed:
         raise UserError(f"--resume: {checkpoint} was trained with " + ", ".join(changed) + "; an exact resume needs "
