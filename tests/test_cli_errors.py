@@ -63,3 +63,27 @@ def test_a_diverged_run_stops_before_it_saves_a_draft_of_nans(tmp_path):
     (tmp_path / "latest").symlink_to("step_2")
     with pytest.raises(UserError, match=r"lower --lr, or start again from .*step_2 with --resume"):
         check_finite(StepStats([float("inf")], [0], [1]), "the training loss at step 3", cfg, tmp_path)
+
+
+def test_eval_checks_its_data_and_report_path_before_loading_any_model(tmp_path):
+    base = ["eval", "--basepath", str(tmp_path / "no-model"), "--draft", str(tmp_path / "no-draft")]
+    result = CliRunner().invoke(cli, base + ["--data", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2 and "--data" in result.output and "nope.jsonl: no such file" in result.output
+    data = tmp_path / "test.jsonl"
+    data.write_text("")
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, base + ["--data", str(data), "--json", str(tmp_path / "afile" / "r.json")])
+    assert result.exit_code == 2 and "r.json: cannot make its folder" in result.output, result.output
+    result = CliRunner().invoke(cli, base + ["--data", str(data), "--json", str(tmp_path / "new" / "r.json")])
+    assert (tmp_path / "new").is_dir() and "cannot load the tokenizer of" in result.output  # folder made; the target next
+
+
+def test_train_refuses_resume_with_init_draft(tmp_path):
+    from train_fixtures import run_cli
+
+    result = run_cli(["train", "--basepath", str(tmp_path), "--trainpath", str(tmp_path / "t.jsonl"),
+                      "--savedir", str(tmp_path / "ck"), "--resume", "--init-draft", str(tmp_path)])
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = " ".join(result.stderr.split())
+    assert "--resume continues a run with its own weights and optimizer, --init-draft starts a new run" in message
+    assert not (tmp_path / "ck").exists()

@@ -295,6 +295,9 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
+    if cfg.resume and cfg.init_draft:
+        raise UserError("--resume continues a run with its own weights and optimizer, --init-draft starts a new run "
+                        "from a draft's weights: give one of them")
     tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
 
     def make_savedir() -> None:
