@@ -197,6 +197,9 @@ def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int 
     converter = converter_for(registry, run.name, run.options)
     fingerprint = _digest(run.fingerprint_inputs(converter))
     dataset = run.raw.dataset
+    if len(dataset) == 0:
+        what = "limit=0 leaves no records of" if run.options.get("limit") == 0 else "no records in"
+        raise UserError(f"source {run.name}: {what} {run.raw.origin}; check the file or the source's options")
     if num_proc is None:
         num_proc = default_num_proc(len(dataset))
     if num_proc is not None and num_proc > 1:

@@ -623,6 +623,17 @@ def test_a_failure_after_a_complete_mix_leaves_nothing_taken_as_complete(registr
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == old_train
 
 
+def test_an_empty_source_is_named(registry, tmp_path, small):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(UserError, match=r"source ultrachat: no records in .*empty.jsonl; check the file"):
+        do_mix(registry, tmp_path, f"ultrachat:path={tmp_path / 'empty.jsonl'}")
+    with pytest.raises(UserError, match=r"source sharegpt: no records in .*empty.json; check the file"):
+        do_mix(registry, tmp_path, f"sharegpt:path={tmp_path / 'empty.json'}")
+    with pytest.raises(UserError, match=r"source ultrachat: limit=0 leaves no records of "):
+        do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},limit=0")
+
+
 def test_an_interruption_between_the_renames_leaves_no_mixed_pair(registry, tmp_path, small, monkeypatch):
     """The new splits take their names one after the other; stopped in between, the folder
     holds the new test split and no train split, never a new split beside an old one."""
