@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,6 +117,25 @@ def _split_target(tp: int):
     return tensor_parallel_mesh(world, tp, device), device, rank
 
 
+def check_inputs(cfg: EvalConfig) -> None:
+    """What can be checked before any model is loaded: the data file, and that the report
+    can be written (a run of hours must not end in an unwritable ``--json``)."""
+    import os
+
+    data = Path(cfg.data_path)
+    if not data.exists():
+        raise UserError(f"--data {data}: no such file; give the test split a mix wrote (eagle3kit mix --out DIR "
+                        "writes DIR/test.jsonl)")
+    if cfg.json_path:
+        folder = Path(cfg.json_path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--json {cfg.json_path}: cannot make its folder ({error.strerror}); choose another path")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"--json {cfg.json_path}: cannot write in {folder}; choose another path")
+
+
 def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
     from eagle3kit.checkpoint import load_draft
@@ -123,6 +143,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     from eagle3kit.train.target import load_target_model, load_tokenizer
 
     ui = ui or UI()
+    check_inputs(cfg)
     if cfg.server:
         return _run_served(cfg, ui)
     if not cfg.draft_path:
@@ -135,9 +156,10 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
             ui, cfg = SilentUI(), replace(cfg, json_path=None)
     dtype = _dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
-    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa", tp_mesh=mesh)
-    draft = load_draft(cfg.draft_path, device=device, dtype=dtype)
+    draft = load_draft(cfg.draft_path, device=device, dtype=dtype)  # the small things first: a wrong path fails at once
     draft.eval()
+    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
+    model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa", tp_mesh=mesh)
     text = model.config.get_text_config()
     if draft.config.vocab_size != text.vocab_size:
         raise UserError(f"the draft was trained for a vocabulary of {draft.config.vocab_size} tokens, "
@@ -153,7 +175,6 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if trained and trained != (cfg.chat_template_kwargs or {}):
         ui.warn(f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are "
                 f"rendered with {json.dumps(cfg.chat_template_kwargs or {})}: pass the same to measure it as trained")
-    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     size = tree_size(cfg)
