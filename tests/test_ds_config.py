@@ -49,6 +49,7 @@ def test_a_users_config_keeps_its_choices(tmp_path, monkeypatch):
     ({"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu must be 1"),
     ({"zero_optimization": {"stage": 3}}, "ZeRO stage 3 is not supported"),
     ("{not json", "not valid JSON"),
+    ([1, 2], "holds a JSON list, not an object of DeepSpeed settings"),
 ])
 def test_configs_it_cannot_train_with_are_refused(tmp_path, config, message):
     with pytest.raises(UserError, match=message):

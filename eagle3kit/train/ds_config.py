@@ -28,6 +28,9 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
         raise UserError(f"--deepspeed-config {source}: cannot read it ({error.strerror})") from None
     except ValueError as error:
         raise UserError(f"--deepspeed-config {source}: not valid JSON ({error})") from None
+    if not isinstance(ds, dict):
+        raise UserError(f"--deepspeed-config {source}: holds a JSON {type(ds).__name__}, not an object of DeepSpeed "
+                        "settings ({\"optimizer\": ..., \"zero_optimization\": ...})")
     ds.setdefault("train_micro_batch_size_per_gpu", 1)
     if ds["train_micro_batch_size_per_gpu"] != 1:
         raise UserError(f"--deepspeed-config {source}: train_micro_batch_size_per_gpu must be 1: a micro-batch is one "
