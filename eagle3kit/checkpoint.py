@@ -118,6 +118,8 @@ def save_draft(draft, out_dir: str | Path, extra: dict[str, Any] | None = None, 
     import torch
     from safetensors.torch import save_file
 
+    from eagle3kit.atomic import readable_by_all
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -132,6 +134,7 @@ def save_draft(draft, out_dir: str | Path, extra: dict[str, Any] | None = None, 
                 value = value.to(dtype)
             tensors[key] = value.contiguous()
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        readable_by_all(tmp / WEIGHTS)  # safetensors writes 0600
         (tmp / CONFIG).write_text(json.dumps(servable_config(draft.config, extra), indent=2) + "\n")
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -196,11 +199,22 @@ def load_draft(path: str | Path, device=None, dtype=None):
     wrong = [f"{k} {list(state[k].shape)} (config: {list(v.shape)})" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        raise UserError(f"{folder.path}: the weights do not match the config (missing: {missing}, unexpected: "
-                        f"{unexpected}, other shapes: {wrong}); `eagle3kit export --check {path}` names each problem")
+        arch = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+        layers = {k.removeprefix("model.").split(".")[1] for k in tensors if k.removeprefix("model.").startswith("layers.")}
+        if len(layers) > 1 and not any("eagle" in a.lower() for a in arch):  # midlayer may have been layers.0
+            raise UserError(f"{folder.path}: a whole model ({', '.join(arch) or 'no architecture'}, {len(layers | {'0'})} "
+                            "decoder layers), not an EAGLE-3 draft; give a draft folder, e.g. checkpoints/best/draft")
+        raise UserError(f"{folder.path}: the weights do not match the config (missing: {_few(missing)}, unexpected: "
+                        f"{_few(unexpected)}, other shapes: {_few(wrong)}); `eagle3kit export --check {path}` names "
+                        "each problem")
     draft.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     draft.trained_with = dict(config["eagle3kit"]) if isinstance(config.get("eagle3kit"), dict) else {}
     return draft.to(device=device or "cpu", dtype=dtype or torch.float32)
+
+
+def _few(names: list[str], most: int = 6) -> str:
+    """A list for a message: its first ``most`` names, and how many more."""
+    return str(names[:most])[:-1] + (f", ... {len(names) - most} more]" if len(names) > most else "]")
 
 
 def draft_config_from_servable(config: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +227,8 @@ def draft_config_from_servable(config: dict[str, Any]) -> dict[str, Any]:
     aux = config.get("eagle_aux_hidden_state_layer_ids")
     if not aux and isinstance(config.get("eagle_config"), dict) and config["eagle_config"].get("eagle_aux_hidden_state_layer_ids"):
         aux = [i + 1 for i in config["eagle_config"]["eagle_aux_hidden_state_layer_ids"]]
-    rope = {k: config[k] for k in ("rope_theta", "rope_scaling", "rope_parameters") if config.get(k) is not None}
+    rope = {k: config[k] for k in ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor")
+            if config.get(k) is not None}
     return {
         "hidden_size": config["hidden_size"],
         "num_attention_heads": heads,

@@ -63,7 +63,9 @@ def test_load_draft_reads_drafts_trained_elsewhere(trained_run, tiny_target, tmp
     assert spec.config.aux_layers == [1, 3, 5]
 
 
-def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path):
+def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path, tiny_target):
+    with pytest.raises(UserError, match=r"a whole model \(LlamaForCausalLM, 6 decoder layers\), not an EAGLE-3 draft"):
+        load_draft(tiny_target)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((trained_run / "latest" / "draft" / "config.json").read_text())
