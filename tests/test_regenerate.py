@@ -312,6 +312,18 @@ def test_resume_refuses_other_settings(tmp_path):
         run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16, resume=True, concurrency=1), RecordingUI())
 
 
+def test_an_input_without_conversations_is_refused_and_nothing_is_written(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with ChatServer() as server:
+        with pytest.raises(UserError, match=r"--input .*empty.jsonl: no conversation to regenerate; give the train"):
+            run_regenerate(server_cfg(tmp_path, server, empty), RecordingUI())
+        src = write_jsonl(tmp_path / "in.jsonl", records(2))
+        with pytest.raises(UserError, match=r"no conversation to regenerate \(--limit 0\)"):
+            run_regenerate(server_cfg(tmp_path, server, src, limit=0), RecordingUI())
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_regenerates_records_whose_questions_changed(tmp_path):
     rs = records(2)
     src = write_jsonl(tmp_path / "in.jsonl", rs)

@@ -61,6 +61,9 @@ def run_regenerate(cfg: RegenConfig, ui: UI | None = None) -> dict[str, Any]:
             raise UserError(f"{' and '.join(existing)} already exist{'s' * (len(existing) == 1)}: pass --resume to "
                             "continue (records already done are skipped) or --overwrite to start again")
     items = read_items(cfg, ui)
+    if not items:
+        raise UserError(f"--input {cfg.input_path}: no conversation to regenerate"
+                        f"{' (--limit 0)' if cfg.limit == 0 else ''}; give the train split a mix wrote")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     header, keep = None, None
