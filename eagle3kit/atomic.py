@@ -39,3 +39,11 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def readable_by_all(path: Path | str) -> None:
+    """Give ``path`` the mode a new file gets (0666 less the umask): some writers (safetensors)
+    create files 0600, which a server running as another user cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

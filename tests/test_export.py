@@ -713,3 +713,33 @@ def test_the_model_card_says_how_acceptance_was_measured():
     tree = {"config": {"steps": 5, "topk": 4}, "tree_size": 16, "acceptance_rule": "target-only"}
     assert _drafting(tree) == "trees of 16 tokens, top-4, 5 levels, target-only acceptance"
     assert _drafting({"engine": "sglang"}) == "as a sglang server drafts"
+
+
+def test_serve_commands_quote_paths_for_the_shell():
+    import shlex
+
+    from eagle3kit.export.card import serve_hint
+
+    where, base = "exports/my draft's v1", "/models/llama 8b"
+    sglang = shlex.split(serve_hint("sglang", where, base, 5))
+    assert sglang[sglang.index("--speculative-draft-model-path") + 1] == where
+    assert sglang[sglang.index("--model-path") + 1] == base
+    vllm = shlex.split(serve_hint("vllm", where, base, 5))
+    assert vllm[:3] == ["vllm", "serve", base]
+    assert json.loads(vllm[vllm.index("--speculative-config") + 1])["model"] == where
+    assert shlex.split(serve_hint("speculators", where, base, 5)) == ["vllm", "serve", where]
+
+
+def test_weights_are_readable_by_the_server_s_user(draft_dir, tmp_path):
+    """safetensors writes its files 0600; a server running as another user must read them."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder, _, _ = export_draft(draft_dir, "vllm", tmp_path / "out")
+        draft = save_draft(load_draft(draft_dir), tmp_path / "saved")
+    finally:
+        os.umask(old)
+    for path in (folder / "model.safetensors", draft / "model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -6,6 +6,7 @@ how it was trained and, given an ``eagle3kit eval --json`` report, what it is wo
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from eagle3kit import __version__
@@ -17,15 +18,16 @@ CARD = "README.md"
 
 def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_tokens: int) -> str:
     """The command that serves the export ``where`` (a folder or Hub id) with its target."""
-    base = basepath or "TARGET"
+    base = shlex.quote(basepath) if basepath else "TARGET"
     if fmt == "sglang":
         return (f"python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 "
-                f"--speculative-draft-model-path {where} --speculative-num-steps {num_speculative_tokens} "
-                f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {num_speculative_tokens + 1}")
+                f"--speculative-draft-model-path {shlex.quote(str(where))} --speculative-num-steps "
+                f"{num_speculative_tokens} --speculative-eagle-topk 1 --speculative-num-draft-tokens "
+                f"{num_speculative_tokens + 1}")
     if fmt == "vllm":
         spec = json.dumps({"method": "eagle3", "model": str(where), "num_speculative_tokens": num_speculative_tokens})
-        return f"vllm serve {base} --speculative-config '{spec}'"
-    return f"vllm serve {where}"
+        return f"vllm serve {base} --speculative-config {shlex.quote(spec)}"
+    return f"vllm serve {shlex.quote(str(where))}"
 
 
 def _drafting(report: dict[str, Any]) -> str:

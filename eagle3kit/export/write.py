@@ -196,6 +196,8 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     """
     from safetensors.torch import save_file
 
+    from eagle3kit.atomic import readable_by_all
+
     if fmt not in FORMATS:
         raise UserError(f"--to {fmt}: one of {', '.join(FORMATS)}")
     source = Path(draft_dir)
@@ -223,6 +225,7 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     tmp.mkdir()
     try:
         save_file(_unshared(tensors), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        readable_by_all(tmp / WEIGHTS)  # safetensors writes 0600
         (tmp / CONFIG).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         card = model_card(servable, fmt, served_as or str(out), basepath, num_speculative_tokens, eval_report)
