@@ -45,7 +45,11 @@ def tree_size(cfg: EvalConfig) -> int | None:
     """Tokens per verification pass of tree drafting (root included), or None for a chain
     decoded with :class:`SpeculativeDecoder` (a chain verified by the target-only rule is
     a one-wide tree: ``steps + 1``)."""
-    chain = cfg.topk == 1 and cfg.num_draft_tokens in (None, cfg.steps + 1)
+    if cfg.topk == 1 and cfg.num_draft_tokens not in (None, cfg.steps + 1):
+        raise UserError(f"--num-draft-tokens {cfg.num_draft_tokens} with --topk 1: a chain checks --steps + 1 = "
+                        f"{cfg.steps + 1} tokens per pass (SGLang requires the same); set --steps "
+                        f"{max(cfg.num_draft_tokens - 1, 1)} instead, or --topk > 1 for a tree")
+    chain = cfg.topk == 1
     sampled = cfg.temperature > 0
     if cfg.acceptance not in (None, "rejection", "target-only"):
         raise UserError(f"--acceptance {cfg.acceptance!r}: rejection or target-only")
@@ -117,6 +121,19 @@ def _split_target(tp: int):
     return tensor_parallel_mesh(world, tp, device), device, rank
 
 
+def ignored_options(cfg: EvalConfig) -> list[str]:
+    """Options given that this run does not use, each as a warning."""
+    out = []
+    if cfg.temperature == 0:
+        given = [name for name, on in (("--acceptance", cfg.acceptance), ("--top-k", cfg.top_k),
+                                       ("--top-p", cfg.top_p != 1.0)) if on]
+        if given:
+            out.append(f"{', '.join(given)} only apply with --temperature > 0; at 0 decoding is greedy")
+    if not cfg.server and cfg.engine != "auto":
+        out.append(f"--engine {cfg.engine} only applies with --server")
+    return out
+
+
 def check_inputs(cfg: EvalConfig) -> None:
     """What can be checked before any model is loaded: the data file, and that the report
     can be written (a run of hours must not end in an unwritable ``--json``)."""
@@ -144,6 +161,8 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
 
     ui = ui or UI()
     check_inputs(cfg)
+    for warning in ignored_options(cfg):
+        ui.warn(warning)
     if cfg.server:
         return _run_served(cfg, ui)
     if not cfg.draft_path:
@@ -159,6 +178,8 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)  # the small things first: a wrong path fails at once
     draft.eval()
     prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
+    if len(prompts) < cfg.num_samples:
+        ui.log(f"{cfg.data_path} holds {len(prompts)} prompts (human turns); --num-samples {cfg.num_samples} uses them all")
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa", tp_mesh=mesh)
     text = model.config.get_text_config()
     if draft.config.vocab_size != text.vocab_size:
@@ -234,6 +255,8 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
                 "--num-draft-tokens and --acceptance are ignored")
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
     prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
+    if len(prompts) < cfg.num_samples:
+        ui.log(f"{cfg.data_path} holds {len(prompts)} prompts (human turns); --num-samples {cfg.num_samples} uses them all")
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
     report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui)
     report.update(breakdown(origins, report.pop("per_prompt_produced"), report.pop("per_prompt_passes")))
