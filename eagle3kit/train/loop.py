@@ -133,6 +133,10 @@ def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | No
 
     def prepare() -> Prepared:
         train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
+        if len(train.dataset) == 0:
+            raise UserError(f"{cfg.trainpath}: no conversation keeps an answer token within --max-len {cfg.max_len} "
+                            f"({train.without_answer:,} dropped: the prompt before the first answer is longer); "
+                            "raise --max-len")
         test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
         if draft_ids is not None:
             counts = count_masked_tokens(train.dataset, len(tokenizer))
@@ -295,6 +299,12 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
+    if cfg.testpath and cfg.trainpath and Path(cfg.testpath).resolve() == Path(cfg.trainpath).resolve():
+        quiet.warn(f"--testpath is --trainpath ({cfg.testpath}): the test figures (tau_sim, the best checkpoint) are "
+                   "measured on training data; give the test split a mix wrote")
+    if cfg.eval_every and not cfg.testpath:
+        quiet.warn(f"--eval-every {cfg.eval_every} without --testpath: nothing to evaluate on, so no test figures "
+                   "and no best checkpoint")
     if cfg.resume and cfg.init_draft:
         raise UserError("--resume continues a run with its own weights and optimizer, --init-draft starts a new run "
                         "from a draft's weights: give one of them")
@@ -316,6 +326,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     accum = int(ds_config["gradient_accumulation_steps"])
     order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath, cfg.chat_template_kwargs)
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
+    if cfg.resume and resume_tag is None:  # said before the target is loaded
+        raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
     if resume_tag is not None:
         check_data_order(savedir / resume_tag, order)
 
@@ -376,8 +388,6 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     progress = Progress()
     if cfg.resume:
         tag = resume_tag
-        if tag is None:
-            raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
         check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
         try:
             _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
