@@ -517,6 +517,9 @@ def run_mix(
         raise UserError("no conversation is left after the clean-up rules; see the counts above and check the inputs")
     perm = np.random.default_rng(seed).permutation(total)
     n_test = int(round(test_ratio * total))
+    if test_ratio > 0 and n_test == 0:
+        ui.warn(f"{total} conversation(s) x --test-ratio {test_ratio:g} rounds to an empty test split; "
+                "mix more data (train --testpath needs at least one conversation)")
     test_order, train_order = perm[:n_test], perm[n_test:]
     for i, run in enumerate(runs):
         run.test = int(np.sum(source_index[test_order] == i))

@@ -623,6 +623,18 @@ def test_a_failure_after_a_complete_mix_leaves_nothing_taken_as_complete(registr
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == old_train
 
 
+def test_a_mix_too_small_for_a_test_split_says_so(registry, tmp_path, small):
+    ui = RecordingUI()
+    manifest = do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},limit=2", test_ratio=0.05, ui=ui)
+    n = manifest["split"]["train"]
+    assert manifest["split"]["test"] == 0 and 0 < n <= 2
+    assert ui.warnings == [f"{n} conversation(s) x --test-ratio 0.05 rounds to an empty test split; mix more data "
+                           "(train --testpath needs at least one conversation)"]
+    ui = RecordingUI()
+    do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},limit=2", test_ratio=0, ui=ui)
+    assert ui.warnings == []  # asked for no test split
+
+
 def test_an_empty_source_is_named(registry, tmp_path, small):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "empty.json").write_text("[]")
