@@ -87,3 +87,39 @@ def test_train_refuses_resume_with_init_draft(tmp_path):
     message = " ".join(result.stderr.split())
     assert "--resume continues a run with its own weights and optimizer, --init-draft starts a new run" in message
     assert not (tmp_path / "ck").exists()
+
+
+def test_eval_names_options_it_would_ignore_or_misread():
+    from eagle3kit.eval.run import EvalConfig, ignored_options, tree_size
+
+    base = dict(basepath="t", data_path="d", draft_path="x")
+    with pytest.raises(UserError, match=r"--num-draft-tokens 3 with --topk 1: a chain checks --steps \+ 1 = 7 tokens "
+                                        r"per pass .* set --steps 2 instead"):
+        tree_size(EvalConfig(**base, steps=6, num_draft_tokens=3))
+    assert tree_size(EvalConfig(**base, steps=6, num_draft_tokens=7)) is None  # the chain, said twice
+    assert tree_size(EvalConfig(**base, steps=6, topk=2, num_draft_tokens=3)) == 3
+    assert ignored_options(EvalConfig(**base)) == []
+    assert ignored_options(EvalConfig(**base, acceptance="rejection", top_k=5, top_p=0.9, engine="vllm")) == [
+        "--acceptance, --top-k, --top-p only apply with --temperature > 0; at 0 decoding is greedy",
+        "--engine vllm only applies with --server"]
+    assert ignored_options(EvalConfig(**base, temperature=0.7, top_k=5, server="http://x", engine="vllm")) == []
+
+
+def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny_target, mixed_data):
+    from train_fixtures import TRAIN_ARGS, run_cli
+
+    train = str(mixed_data / "train.jsonl")
+    base = ["train", "--basepath", str(tiny_target), "--trainpath", train, "--cache-dir", str(tmp_path / "cache")]
+    (tmp_path / "empty").mkdir()
+    result = run_cli(base + ["--savedir", str(tmp_path / "empty"), "--testpath", train, "--eval-every", "5", "--resume",
+                             *TRAIN_ARGS])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "--resume: " in message and "holds no complete checkpoint" in message
+    assert "--testpath is --trainpath" in message and "measured on training data" in message
+    assert "target:" not in message  # refused before the target's weights were read
+    result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--eval-every", "5", "--dry-run", *TRAIN_ARGS,
+                             "--max-len", "16"])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2, message[-2000:]
+    assert "no conversation keeps an answer token within --max-len 16" in message and "raise --max-len" in message
+    assert "--eval-every 5 without --testpath" in message
