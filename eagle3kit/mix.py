@@ -490,6 +490,16 @@ def run_mix(
 
     for run in runs:
         _convert(run, registry, cache_dir, num_proc, ui)
+    for run in runs:  # even with --skip-invalid: dropping every record is never what was meant
+        if run.counts[INVALID] and run.counts[INVALID] == len(run.converted):
+            plugin = registry.plugins.get(registry.source(run.name).plugin)
+            owner = f"plugin {plugin.name} ({plugin.distribution} {plugin.version})" if plugin else "its plugin"
+            raise UserError(
+                _invalid_report([run])
+                + f"\nEvery record of source {run.name} failed to convert: a file in another format (see `eagle3kit "
+                f"sources` for what {run.name} reads), or a bug in {owner}, whose convert_to_unified raised these "
+                "errors; --skip-invalid would leave nothing of it"
+            )
     if not skip_invalid and any(run.counts[INVALID] for run in runs):
         raise UserError(
             _invalid_report(runs)

@@ -321,6 +321,24 @@ def test_a_plugin_raising_json_errors_of_its_own_on_arrow_rows(tmp_path):
     assert f"  - {path} row 1: JSONDecodeError: Expecting property name enclosed in double quotes" in str(info.value)
 
 
+def test_a_source_whose_every_record_fails_names_its_plugin_even_with_skip_invalid(tmp_path):
+    """A plugin bug (or a file in another format) would otherwise drop the whole source."""
+    import datasets
+
+    module = types.ModuleType("crashy_plugin")
+    module.register_sources = hookimpl(lambda register: register(Source(name="crashy", description="d")))
+    module.convert_to_unified = hookimpl(lambda record: 1 / 0)
+    registry = load_registry(entry_points=False, extra_plugins=[("crashy", module)])
+    path = tmp_path / "c.parquet"
+    datasets.Dataset.from_list([{"payload": "x"}, {"payload": "y"}]).to_parquet(str(path))
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"crashy:path={path}", skip_invalid=True)
+    message = str(info.value)
+    assert f"  - {path} row 0: ZeroDivisionError: division by zero" in message
+    assert "Every record of source crashy failed to convert" in message and "a bug in plugin crashy" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_malformed_array_records_are_named_by_index(registry, tmp_path):
     path = write_json(tmp_path / "s.json", [sharegpt_record(("human", "Q"), ("gpt", "A")), {"id": "x", "conversations": [{"from": "human"}]}])
     with pytest.raises(UserError) as info:
