@@ -308,6 +308,33 @@ def test_flex_backend_skips_dead_positions_like_eager_on_cpu_forward():
     torch.testing.assert_close(got[0][1], got[1][1], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_flex_backend_gradients_equal_eager_on_cpu(monkeypatch):
+    """The backward of the GPU path (flex attention returning its log-sum-exp, merged with
+    the later steps' keys, on live queries only) against eager, every parameter. torch
+    refuses flex backward on CPU only by a device check; its reference backward (what the
+    compiled GPU kernel must equal) runs here once that check is lifted."""
+    import torch.nn.attention.flex_attention as flex_module
+
+    monkeypatch.setattr(flex_module, "_validate_device", lambda *args, **kwargs: None)
+    torch.manual_seed(8)
+    config = small_config(head_dim=16)
+    lengths = [60, 30, 70]
+    positions, doc, _, target = make_inputs(config, lengths, seed=8)
+    loss_mask = torch.tensor([p >= n // 3 for n in lengths for p in range(n)])
+    grads = []
+    for backend in ("flex", "eager"):
+        torch.manual_seed(9)
+        draft = Eagle3Draft(config)
+        draft.set_vocab(torch.arange(20))
+        loss, _ = ttt_loss(draft, target, positions, doc, loss_mask, PackedMask.build(doc, backend), ttt_length=4)
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in draft.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(g.abs().sum() > 0 for g in grads[1].values())
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_a_row_whose_answers_end_early_stops_the_unroll_with_zero_counts():
     torch.manual_seed(7)
     config = small_config()
