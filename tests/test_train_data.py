@@ -85,6 +85,83 @@ def test_template_that_renders_the_last_turn_differently(chatml):
                                         "<think>\n\n</think>\n\nThree plus two is five.<|im_end|>"]
 
 
+def _with_template(tokenizer, template, conversation, **kwargs):
+    from eagle3kit.train.template import with_template_kwargs
+
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        with_template_kwargs(tokenizer, kwargs)
+        return masked_pieces(tokenizer, tokenize_conversation(tokenizer, conversation, max_len=1000))
+    finally:
+        tokenizer.chat_template = saved
+
+
+#: Like Qwen 3's template: without thinking the generation prompt opens an empty think
+#: block that the rendered answers lack; earlier answers lose their think block
+QWEN3_THINKING = (
+    "{%- set ns = namespace(last=-1) %}{%- for m in messages %}{%- if m['role'] == 'user' %}"
+    "{%- set ns.last = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}{%- set c = m['content'] %}"
+    "{%- if m['role'] == 'assistant' and loop.index0 < ns.last %}{%- set c = c.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}<|im_start|>{{ m['role'] }}\n{{ c }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+#: Like Phi-3's: the end-of-text token after the whole conversation
+PHI3_LIKE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|assistant|>\n{% else %}<|endoftext|>{% endif %}")
+#: A prompt ending in a space, which byte-level BPE merges into the answer's first word
+SPACED = ("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: "
+          "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}")
+
+
+def test_masks_of_templates_that_render_a_turn_otherwise_than_they_prompt_it(chatml):
+    """Qwen 3 without thinking (the generation prompt's empty think block), kept reasoning
+    (only the last turn keeps it), Phi-3 (end-of-text after the last turn only), and a
+    token merged across the prompt's end: every answer and its end-of-turn marker."""
+    conv = CONV[1:]
+    assert _with_template(chatml, QWEN3_THINKING, conv, enable_thinking=False) == [
+        "Two plus two is four.<|im_end|>", "Three plus two is five.<|im_end|>"]
+    thought = [dict(m) for m in conv]
+    thought[1]["value"] = "<think>\nAdd two and two.\n</think>\n\nTwo plus two is four."
+    thought[3]["value"] = "<think>\nAdd three and two.\n</think>\n\nThree plus two is five."
+    assert _with_template(chatml, QWEN3_THINKING, thought) == [
+        "Two plus two is four.<|im_end|>", "<think>\nAdd three and two.\n</think>\n\nThree plus two is five.<|im_end|>"]
+    assert _with_template(chatml, PHI3_LIKE, CONV) == ["Two plus two is four.<|end|>", "Three plus two is five.<|end|>"]
+    merging = build_tokenizer(TEXTS + ["Assistant: Two", "Assistant: Three"] * 20, style="chatml", vocab_size=400)
+    enc = merging("Assistant: Two", add_special_tokens=False, return_offsets_mapping=True)
+    assert enc["offset_mapping"][-1][0] < len("Assistant: ")  # " Two" is one token, starting in the prompt
+    assert _with_template(merging, SPACED, conv) == [" Two plus two is four.<|im_end|>",
+                                                     " Three plus two is five.<|im_end|>"]
+
+
+def test_conversations_the_template_fails_on_are_counted_and_named(tmp_path, chatml):
+    """One conversation a template refuses (Gemma's has no system role) does not stop the
+    others; all of them failing does, with the template's reason."""
+    import json
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.train.data import load_tokenized
+
+    no_system = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                 "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "conversations": c}) + "\n" for i, c in (("sys", CONV), ("plain", CONV[1:]))))
+    saved = chatml.chat_template
+    chatml.chat_template = no_system
+    try:
+        t = load_tokenized(data, chatml, 1000, tmp_path / "cache")
+        assert (t.conversations, len(t.dataset), t.failed, t.without_answer) == (2, 1, 1, 0)
+        assert t.failed_examples == ["record sys: System role not supported"]
+        data.write_text(json.dumps({"id": "sys", "conversations": CONV}) + "\n")
+        with pytest.raises(UserError, match="failed on every conversation, e.g. record sys: System role not supported"):
+            load_tokenized(data, chatml, 1000, tmp_path / "cache")
+    finally:
+        chatml.chat_template = saved
+
+
 def test_spans_are_character_exact(llama3):
     messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Be brief."}]
     text, spans = assistant_spans(llama3, messages)
@@ -247,13 +324,13 @@ def test_template_kwargs_render_as_servers_pass_them_and_key_the_cache():
 def test_template_kwargs_of_every_json_kind_reach_the_template():
     from eagle3kit.train.template import parse_template_kwargs, with_template_kwargs
 
-    kwargs = parse_template_kwargs('{"s": "a \\"q\\" \u00e9\\n", "n": 3, "f": 0.5, "l": [1, "x", null], '
+    kwargs = parse_template_kwargs('{"s": "a \\"q\\" \u00e9\\n\U0001f600", "n": 3, "f": 0.5, "l": [1, "x", null], '
                                    '"d": {"k": true}, "no": false}')
     shown = "{{ s }}|{{ n }}|{{ f }}|{{ l }}|{{ d['k'] }}|{{ no }}|{{ l[2] is none }}"
     plain = build_tokenizer(TEXTS, style="chatml", vocab_size=400)
     plain.chat_template = shown
     expected = plain.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, **kwargs)
-    assert expected == 'a "q" \u00e9\n|3|0.5|[1, \'x\', None]|True|False|True'
+    assert expected == 'a "q" \u00e9\n\U0001f600|3|0.5|[1, \'x\', None]|True|False|True'  # past U+FFFF too
     with_template_kwargs(plain, kwargs)
     assert plain.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == expected
     named = build_tokenizer(TEXTS, style="chatml", vocab_size=400)

@@ -8,7 +8,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +19,7 @@ from eagle3kit.train.mask import tokenize_batch
 from eagle3kit.unified import validate_unified
 
 #: Bump when rendering, masking or truncation changes: it invalidates cached tokenisations.
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: answers located past templates' differences, failures per conversation
 
 
 def read_unified(path: str | Path, keep: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
@@ -86,6 +86,8 @@ class TokenizedData:
     without_answer: int  # dropped: no assistant token left
     tokens: int
     masked_tokens: int
+    failed: int = 0  # dropped: the template failed on them (each with its reason)
+    failed_examples: list[str] = field(default_factory=list)
 
 
 def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | Path, num_proc: int | None = None) -> TokenizedData:
@@ -136,6 +138,7 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
             "truncated": datasets.Value("bool"),
             "cut_mid_turn": datasets.Value("bool"),
             "length": datasets.Value("int32"),
+            "error": datasets.Value("string"),
         }),
     )
     import pyarrow.compute as pc
@@ -143,16 +146,25 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
     table = out.data.table
     answer_tokens = masked_per_row(table)
     has_answer = answer_tokens > 0
-    kept = out if has_answer.all() else out.select(np.nonzero(has_answer)[0])
+    errors = table.column("error")
+    failed_rows = pc.indices_nonzero(pc.is_valid(errors)).to_numpy(zero_copy_only=False)
+    examples = [errors[int(i)].as_py() for i in failed_rows[:3]]
+    if len(failed_rows) == len(raw):
+        raise UserError(f"{path}: the chat template of the target failed on every conversation, e.g. {examples[0]}")
+    kept_rows = np.nonzero(has_answer)[0]
+    kept = out if has_answer.all() else out.select(kept_rows)
+    flags = table.select(["truncated", "cut_mid_turn", "length"]).take(kept_rows)
     return TokenizedData(
         dataset=kept,
         fingerprint=fp,
         conversations=len(raw),
-        truncated=int(pc.sum(table.column("truncated")).as_py() or 0),
-        cut_mid_turn=int(pc.sum(table.column("cut_mid_turn")).as_py() or 0),
-        without_answer=int((~has_answer).sum()),
-        tokens=int(pc.sum(table.column("length")).as_py() or 0),
+        truncated=int(pc.sum(flags.column("truncated")).as_py() or 0),  # of the conversations trained on
+        cut_mid_turn=int(pc.sum(flags.column("cut_mid_turn")).as_py() or 0),
+        without_answer=int((~has_answer).sum()) - len(failed_rows),
+        tokens=int(pc.sum(flags.column("length")).as_py() or 0),
         masked_tokens=int(answer_tokens.sum()),
+        failed=len(failed_rows),
+        failed_examples=examples,
     )
 
 

@@ -135,7 +135,7 @@ def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | No
         train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
         if len(train.dataset) == 0:
             raise UserError(f"{cfg.trainpath}: no conversation keeps an answer token within --max-len {cfg.max_len} "
-                            f"({train.without_answer:,} dropped: the prompt before the first answer is longer); "
+                            f"({train.without_answer:,} dropped: the prompt before the first answer is longer, or no assistant turn); "
                             "raise --max-len")
         test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
         if draft_ids is not None:
@@ -230,6 +230,9 @@ def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config:
     ui.log(f"data: {t.conversations:,} conversations, {t.tokens:,} tokens ({t.masked_tokens:,} in answers); "
            f"truncated at a turn: {t.truncated:,}, cut inside the first answer: {t.cut_mid_turn:,}, "
            f"without an answer: {t.without_answer:,}")
+    if t.failed:
+        ui.warn(f"{t.failed:,} conversation(s) left out: the chat template fails on them, e.g. "
+                + "; ".join(t.failed_examples))
     if cfg.init_draft:
         ui.log(f"starting from the draft {cfg.init_draft} (its weights and vocabulary; a fresh optimizer)")
     ui.log(f"draft vocabulary: {len(data.draft_ids):,} tokens covering {data.coverage:.1%} of answer tokens; "

@@ -61,12 +61,12 @@ def _jinja_literal(value: Any, where: str) -> str:
         return "none"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):  # jinja decodes escapes like Python: characters past U+FFFF go as they are
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_jinja_literal(v, where) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {_jinja_literal(v, where)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {_jinja_literal(v, where)}" for k, v in value.items()) + "}"
     raise UserError(f"{where}: cannot pass {type(value).__name__} values to a chat template")
 
 
