@@ -113,6 +113,20 @@ def test_reasoning_drop(text, dropped):
     assert strip_think(text) == dropped
 
 
+def test_reasoning_follows_what_the_prompt_opened():
+    """In-process the prompt is known: a closing tag closes a block only if the prompt
+    opened one (DeepSeek-R1); an answer that merely mentions it is kept whole."""
+    from eagle3kit.regenerate.answers import opened_in_prompt
+
+    mention = "Models end their thoughts with </think>; the rest is the reply."
+    assert strip_think(mention, opened=False) == mention and keep_think(mention, opened=False) == mention
+    assert strip_think("plan</think>\n\nThe answer.", opened=True) == "The answer."
+    assert keep_think("plan</think>\n\nThe answer.", opened=True) == "<think>\nplan</think>\n\nThe answer."
+    assert strip_think("still planning", opened=True) == ""  # ran out of tokens inside the block
+    assert opened_in_prompt("<|User|>q<|Assistant|><think>\n") and not opened_in_prompt("<|im_start|>assistant\n")
+    assert not opened_in_prompt("<think>\n\n</think>\n\n")  # Qwen 3 without thinking: closed in the prompt
+
+
 def test_reasoning_keep():
     assert keep_think("<think>a</think>\n\nb") == "<think>a</think>\n\nb"
     assert keep_think("plan</think>\n\nb") == "<think>\nplan</think>\n\nb"  # opening tag was in the prompt
@@ -322,6 +336,60 @@ def test_an_input_without_conversations_is_refused_and_nothing_is_written(tmp_pa
         with pytest.raises(UserError, match=r"no conversation to regenerate \(--limit 0\)"):
             run_regenerate(server_cfg(tmp_path, server, src, limit=0), RecordingUI())
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_pairs_repeated_ids_by_their_messages_and_checks_the_model(tmp_path):
+    """The output holds finished records only: with a repeated id whose first record
+    failed, the finished one is still recognised (not asked again, no false warning)."""
+    rs = [{"id": "a", "conversations": [{"from": "human", "value": "POISON q"}, {"from": "gpt", "value": "x"}]},
+          {"id": "a", "conversations": [{"from": "human", "value": "good q"}, {"from": "gpt", "value": "y"}]},
+          {"id": "b", "conversations": [{"from": "human", "value": "other"}, {"from": "gpt", "value": "z"}]}]
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+
+    def fail(payload, attempt):
+        return (400, {"error": {"message": "bad"}}) if "POISON" in last_user(payload["messages"]) else None
+
+    with ChatServer(fail=fail) as server:
+        first = run_regenerate(server_cfg(tmp_path, server, src), RecordingUI())
+    assert (first["regenerated"], first["failed"]) == (2, 1)
+    with ChatServer() as server:
+        ui = RecordingUI()
+        again = run_regenerate(server_cfg(tmp_path, server, src, resume=True), ui)
+        assert [last_user(p["messages"]) for p in server.answered()] == ["POISON q"]
+    assert not [w for w in ui.warnings if "messages changed" in w] and again["regenerated"] == 3
+    with ChatServer() as server:
+        with pytest.raises(UserError, match=r"model 'tiny' -> 'other'"):
+            run_regenerate(server_cfg(tmp_path, server, src, resume=True, server_model="other"), RecordingUI())
+
+
+def test_the_in_process_backend_refuses_a_harmony_model_before_loading_it(tmp_path):
+    """gpt-oss answers in a final channel after an analysis message; stopping at its <|end|>
+    would keep the analysis as the answer."""
+    from eagle3kit.tiny import CHATML_TEMPLATE, build_tokenizer
+
+    tok = build_tokenizer(["What is two plus two?", "Four."] * 20, style="chatml", vocab_size=300)
+    tok.add_special_tokens({"additional_special_tokens": ["<|channel|>", "<|return|>"]})
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(tmp_path / "harmony")  # no weights: refused before they are read
+    src = write_jsonl(tmp_path / "in.jsonl", records(1))
+    cfg = RegenConfig(basepath=str(tmp_path / "harmony"), input_path=str(src), out_path=str(tmp_path / "r.jsonl"))
+    with pytest.raises(UserError, match="harmony format .* pass --server URL"):
+        run_regenerate(cfg, RecordingUI())
+
+
+def test_a_greeting_before_the_first_question_is_kept(tmp_path):
+    rs = [{"id": "g", "conversations": [{"from": "gpt", "value": "Hi! How can I help?"},
+                                        {"from": "human", "value": "Capital of France?"},
+                                        {"from": "gpt", "value": "old"}]}]
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    with ChatServer() as server:
+        manifest = run_regenerate(server_cfg(tmp_path, server, src), RecordingUI())
+        prompts = [p["messages"] for p in server.answered()]
+    out = read_jsonl(tmp_path / "out" / "regen.jsonl")[0]["conversations"]
+    assert manifest["regenerated"] == 1 and out[0] == {"from": "gpt", "value": "Hi! How can I help?"}
+    assert prompts == [[{"role": "assistant", "content": "Hi! How can I help?"},
+                        {"role": "user", "content": "Capital of France?"}]]
+    assert out[2]["value"] != "old"
 
 
 def test_resume_regenerates_records_whose_questions_changed(tmp_path):

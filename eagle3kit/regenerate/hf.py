@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from eagle3kit.errors import UserError
-from eagle3kit.regenerate.answers import Answer, Failure, shape_answer
+from eagle3kit.regenerate.answers import Answer, Failure, opened_in_prompt, shape_answer
 from eagle3kit.regenerate.config import RegenConfig
 from eagle3kit.regenerate.recorder import Event, Recorder
 from eagle3kit.regenerate.records import Item, prompt_messages
@@ -31,6 +31,11 @@ class HFBackend:
         else:
             dtype = torch.float32
         tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
+        vocab = tokenizer.get_vocab()
+        if "<|channel|>" in vocab and "<|return|>" in vocab:  # before the weights load
+            raise UserError(f"{cfg.basepath!r} answers in the harmony format (gpt-oss): an analysis message, then the "
+                            "answer in a final channel, which this backend does not parse; serve the model with vLLM "
+                            "or SGLang and pass --server URL")
         ui.log(f"loading {cfg.basepath} on {device} ({str(dtype).replace('torch.', '')})")
         self.model = load_target_model(cfg.basepath, device=device, dtype=dtype)
         tokenizer.padding_side = "left"
@@ -71,13 +76,13 @@ class HFBackend:
                 prompts.append((it, text))
             ids = self.tokenizer([t for _, t in prompts], add_special_tokens=False)["input_ids"] if prompts else []
             jobs = []
-            for (it, _), row in zip(prompts, ids):
+            for (it, text), row in zip(prompts, ids):
                 if self.context and len(row) + self.cfg.max_new_tokens > self.context:
                     failed.append(Event(it, k, failure=Failure(
                         f"the prompt has {len(row)} tokens; with --max-new-tokens {self.cfg.max_new_tokens} it exceeds "
                         f"the model's context of {self.context} tokens")))
                 else:
-                    jobs.append((it, row))
+                    jobs.append((it, row, opened_in_prompt(text)))
             if failed:
                 recorder.record(failed)
             jobs.sort(key=lambda j: -len(j[1]))  # longest first: an out-of-memory shows at once
@@ -87,7 +92,7 @@ class HFBackend:
                 at += len(batch)
                 recorder.record(self._generate(batch, k))
 
-    def _generate(self, batch: list[tuple[Item, list[int]]], k: int) -> list[Event]:
+    def _generate(self, batch: list[tuple[Item, list[int], bool]], k: int) -> list[Event]:
         torch = self.torch
         try:
             return self._generate_batch(batch, k)
@@ -102,12 +107,12 @@ class HFBackend:
             half = len(batch) // 2
             return self._generate(batch[:half], k) + self._generate(batch[half:], k)
 
-    def _generate_batch(self, batch: list[tuple[Item, list[int]]], k: int) -> list[Event]:
+    def _generate_batch(self, batch: list[tuple[Item, list[int], bool]], k: int) -> list[Event]:
         torch, cfg = self.torch, self.cfg
-        width = max(len(row) for _, row in batch)
+        width = max(len(row) for _, row, _ in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (_, row) in enumerate(batch):
+        for i, (_, row, _) in enumerate(batch):
             ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row):] = 1
         sampling = cfg.temperature > 0
@@ -120,11 +125,11 @@ class HFBackend:
         new = out[:, width:].tolist()
         eos = set(self.eos_ids)
         events = []
-        for (it, _), row in zip(batch, new):
+        for (it, _, opened), row in zip(batch, new):
             end = next((i for i, t in enumerate(row) if t in eos), None)
             truncated = end is None
             tokens = row if truncated else row[:end]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            events.append(Event(it, k, answer=Answer(shape_answer(text, None, cfg.reasoning), truncated,
+            events.append(Event(it, k, answer=Answer(shape_answer(text, None, cfg.reasoning, opened), truncated,
                                                      len(tokens) + (0 if truncated else 1))))
         return events

@@ -95,7 +95,10 @@ def read_items(cfg: RegenConfig, ui: UI) -> list[Item]:
             seen[rid] = n
         keys.add(key)
         conversation = apply_system_prompt(record["conversations"], cfg.system_prompt)
-        turns = [i for i, m in enumerate(conversation) if m["from"] == "gpt"]
+        # assistant messages before the first human one (a greeting) have no question to
+        # answer: they stay as they are, and are part of the later prompts
+        first = next((i for i, m in enumerate(conversation) if m["from"] == "human"), len(conversation))
+        turns = [i for i, m in enumerate(conversation) if m["from"] == "gpt" and i > first]
         items.append(Item(index, key, rid, conversation, turns, source_digest(conversation)))
     if repeated:
         ui.warn(f"{cfg.input_path}: {repeated} records repeat an earlier id; they are kept apart by occurrence "

@@ -39,15 +39,22 @@ def _resume_state(cfg: RegenConfig, items: list[Item], out: Path, work: Path, ui
                 _check_settings(json.loads(manifest.read_text()).get("settings"), cfg, manifest)
             except json.JSONDecodeError:
                 ui.warn(f"{manifest}: not JSON; not checking the earlier settings")
-        counts: dict[str, int] = {}
+        # An output record is matched to the first record of this input with its id and its
+        # messages not matched yet: the output holds only finished records, so counting
+        # occurrences of a repeated id would pair them with the wrong ones.
+        open_items: dict[str, list[Item]] = {}
+        for it in items:
+            open_items.setdefault(it.id, []).append(it)
         for rid, conversation, truncated in _read_output(out):
-            n = counts[rid] = counts.get(rid, 0) + 1
-            item = by_key.get(rid if n == 1 else f"{rid}#{n}")
-            if item is None:
+            candidates = open_items.get(rid)
+            if not candidates:
                 continue
-            if source_digest(conversation) != item.src:
+            digest = source_digest(conversation)
+            item = next((it for it in candidates if it.src == digest), None)
+            if item is None:
                 stale += 1
                 continue
+            candidates.remove(item)
             item.answers = [Answer(conversation[p]["value"], k in truncated) for k, p in enumerate(item.turns)]
             reused += 1
     header, keep = None, None

@@ -33,8 +33,9 @@ def _check_settings(previous: dict[str, Any] | None, cfg: RegenConfig, where: Pa
     if not previous:
         return
     now = _settings(cfg)
-    changed = [f"{name} {previous.get(name)!r} -> {now[name]!r}" for name in ANSWER_SETTINGS
-               if name in previous and previous[name] != now[name]]
+    names = (*ANSWER_SETTINGS, "model")  # a server's --model answers too
+    changed = [f"{name} {previous.get(name)!r} -> {now[name]!r}" for name in names
+               if name in previous and name in now and previous[name] != now[name]]
     if changed:
         raise UserError(f"{where} was made with other settings ({'; '.join(changed)}). Re-run with the same "
                         "settings to resume, or pass --overwrite to start again.")
