@@ -273,3 +273,13 @@ def test_a_target_split_over_two_ranks_trains_the_same_draft(two_rank_run, tiny_
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_the_plan_counts_the_rows_left_out_by_rounding_to_ranks_and_accumulation():
+    from types import SimpleNamespace
+
+    from eagle3kit.train.loop import TrainConfig, make_plan
+
+    data = SimpleNamespace(train=SimpleNamespace(dataset={"length": [60] * 15}))  # 15 rows of one conversation
+    plan = make_plan(TrainConfig(max_tokens=100, num_epochs=3), data, rank=0, world=2, accum=4)
+    assert (len(plan.bins), plan.rows_used, plan.per_epoch, plan.total_steps) == (15, 8, 1, 3)

@@ -206,13 +206,15 @@ class Plan:
     fill: float  # share of the rows' --max-tokens that holds tokens
     per_epoch: int  # optimizer steps per epoch
     total_steps: int
+    rows_used: int = 0  # rows of an epoch trained on: the same count on every rank, whole accumulation steps
 
 
 def make_plan(cfg: TrainConfig, data: Prepared, rank: int, world: int, accum: int) -> Plan:
     lengths = np.asarray(data.train.dataset["length"])
     bins = pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000)
     fill = float(lengths.sum()) / max(len(bins) * cfg.max_tokens, 1)  # the rest of each row is padding (flex) or empty
-    per_epoch = len(shard_bins(bins, rank, world, accum)) // accum
+    shard = len(shard_bins(bins, rank, world, accum))
+    per_epoch = shard // accum
     if per_epoch == 0:
         raise UserError(f"the training data fills {len(bins)} micro-batches of --max-tokens "
                         f"{cfg.max_tokens}: too few for {world} rank(s) x {accum} accumulation steps; "
@@ -220,7 +222,7 @@ def make_plan(cfg: TrainConfig, data: Prepared, rank: int, world: int, accum: in
     total_steps = per_epoch * cfg.num_epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    return Plan(lengths, bins, fill, per_epoch, total_steps)
+    return Plan(lengths, bins, fill, per_epoch, total_steps, shard * world)
 
 
 def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config: DraftConfig, world: int,
@@ -243,8 +245,11 @@ def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config:
     ui.log(f"draft: {params / 1e6:,.1f}M trainable parameters (hidden {c.hidden_size}, {c.num_attention_heads} heads, "
            f"{c.num_key_value_heads} kv heads x {c.head_dim}, intermediate {c.intermediate_size}, "
            f"max_position_embeddings {c.max_position_embeddings})")
+    left = len(plan.bins) - plan.rows_used
     ui.log(f"packing: {len(plan.bins):,} rows of {cfg.max_tokens:,} tokens per epoch, {plan.fill:.1%} full"
-           f"{' (the rest is padding: flex needs one shape)' if pad else ''}")
+           f"{' (the rest is padding: flex needs one shape)' if pad else ''}"
+           + (f"; {left} row(s) left out of each epoch (whole accumulation steps on every rank; other rows each "
+              "epoch)" if left else ""))
     ui.log(f"{world} rank(s), {plan.per_epoch:,} optimizer steps per epoch, {plan.total_steps:,} in all; {kernels}")
 
 
