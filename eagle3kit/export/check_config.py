@@ -173,9 +173,9 @@ def _config_problems(folder: DraftFolder, fmt: str, target: dict[str, Any] | Non
                                                       f"Eagle3<name>, which may not exist; use [\"{ARCHITECTURE}\"]"))
     layers = flat.get("num_hidden_layers")
     if layers != 1:
-        problems.append(_error("num_hidden_layers", f"{layers!r}: an EAGLE-3 draft has one decoder layer (SGLang "
-                                                    "refuses more, and a missing key means 32 by transformers' "
-                                                    "default); set it to 1"))
+        problems.append(_error("num_hidden_layers", f"{layers!r}: this draft has one decoder layer (with more, SGLang "
+                                                    "and vLLM build further layers the weights do not hold, and a "
+                                                    "missing key means 32 by transformers' default); set it to 1"))
     for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
         if _int(flat.get(key)) is None:
             problems.append(_error(key, f"{flat.get(key)!r}: missing or not an integer; the tensor shapes cannot "
