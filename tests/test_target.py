@@ -273,3 +273,75 @@ def test_a_split_over_other_ranks_than_asked_is_refused(monkeypatch):
         target_parallel.check_split(model([0, 1, 2, 3]), mesh)
     with pytest.raises(UserError, match="the target was loaded whole"):
         target_parallel.check_split(SimpleNamespace(parameters=lambda: iter([torch.zeros(1)])), mesh)
+
+
+@pytest.mark.parametrize("kind", ["longrope", "dynamic"])
+def test_padding_does_not_change_a_position_dependent_rope(kind):
+    """transformers picks longrope's (Phi-3-128k) and dynamic NTK's frequencies from the
+    row's largest position: the padding of a row must not raise it, or every conversation
+    in the row would be encoded as a long one."""
+    import datasets
+    import transformers
+
+    from eagle3kit.train.packing import make_micro_batch
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, initializer_range=0.5)
+    if kind == "longrope":
+        config = transformers.Phi3Config(**small, max_position_embeddings=256, original_max_position_embeddings=16,
+                                         pad_token_id=0, rope_scaling={"type": "longrope", "short_factor": [1.0] * 4,
+                                                                       "long_factor": [4.0] * 4})
+    else:
+        config = transformers.LlamaConfig(**small, max_position_embeddings=16,
+                                          rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    config._attn_implementation = "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    target = FrozenTarget(model, [1, 2, 3], torch.arange(0, 100, 2))
+    conv = torch.randint(1, 100, (10,)).tolist()
+    data = datasets.Dataset.from_dict({"input_ids": [conv], "loss_mask": [[0] * 5 + [1] * 5]})
+    mb = make_micro_batch(data, [0], pad_to=64)
+    assert int(mb.position_ids.max()) == 9  # the padding stays within the row's own positions
+    padded = target.run(mb.input_ids, mb.position_ids, mb.doc_ids, PackedMask.build(mb.doc_ids, "eager"))
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([conv]), output_hidden_states=True)
+    want = torch.cat([ref.hidden_states[i] for i in (1, 2, 3)], -1)
+    torch.testing.assert_close(padded.aux[:, :10], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["granite", "cohere"])
+def test_output_heads_that_scale_the_logits_give_the_same_labels(name):
+    """Granite divides the logits by logits_scaling, Cohere multiplies them by logit_scale:
+    the soft labels are the model's own distribution."""
+    import transformers
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, initializer_range=0.2)
+    config = (transformers.GraniteConfig(**small, logits_scaling=8.0) if name == "granite"
+              else transformers.CohereConfig(**small, logit_scale=0.0625))
+    config._attn_implementation = "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    draft_ids = torch.arange(0, 100, 2)
+    target = FrozenTarget(model, [1, 2, 3], draft_ids)
+    ids = torch.randint(0, 100, (12,))
+    doc = torch.zeros(12, dtype=torch.long)
+    out = target.run(ids, torch.arange(12), doc, PackedMask.build(doc, "eager"))
+    with torch.no_grad():
+        want = torch.softmax(model(input_ids=ids[None]).logits[0][:, draft_ids].float(), -1)
+    torch.testing.assert_close(out.probs.float(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_position_dependent_ropes_are_recognised():
+    import transformers
+
+    from eagle3kit.train.target import position_dependent_rope
+
+    small = dict(vocab_size=100, hidden_size=32, num_attention_heads=4)
+    phi = transformers.Phi3Config(**small, max_position_embeddings=256, original_max_position_embeddings=16,
+                                  pad_token_id=0, rope_scaling={"type": "longrope", "short_factor": [1.0] * 4,
+                                                                "long_factor": [4.0] * 4})
+    dynamic = transformers.LlamaConfig(**small, max_position_embeddings=16,
+                                       rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0})
+    assert position_dependent_rope(phi) == ("longrope", 16) and position_dependent_rope(dynamic) == ("dynamic", 16)
+    assert position_dependent_rope(transformers.LlamaConfig(**small)) is None

@@ -52,7 +52,8 @@ from eagle3kit.train.run_folder import (
     set_rng_state,
     write_rank_summary,
 )
-from eagle3kit.train.target import FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer
+from eagle3kit.train.target import (FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer,
+                                    position_dependent_rope)
 from eagle3kit.train.target_parallel import GroupTarget, tensor_parallel_mesh, turns
 from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.vocab import count_masked_tokens, load_or_build_draft_vocab
@@ -376,6 +377,12 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     runner = GroupTarget(target, tp_mesh, backend) if tp_mesh is not None else target
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     quiet.log(f"target: {model.num_parameters() / 1e6:,.1f}M parameters, {local / 1e6:,.1f}M on this rank")
+    rope = position_dependent_rope(model.config)
+    if rope and cfg.max_len > rope[1]:
+        quiet.warn(f"the target's rope ({rope[0]}) takes its frequencies from the longest position in a packed row: "
+                   f"conversations sharing a row with one longer than {rope[1]:,} tokens get the long-context "
+                   f"encoding; --max-len {cfg.max_len:,} allows such rows (--max-len {rope[1]:,} keeps every "
+                   "conversation's features as it would have them alone)")
     kernels = kernels_text(backend, target.attn_implementation, dtype, cfg.target_tp)  # the attention as loaded
     module = DraftTrainer(draft).to(device)
 

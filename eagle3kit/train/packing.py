@@ -86,9 +86,12 @@ def make_micro_batch(dataset, rows: Sequence[int], pad_to: int | None = None, pa
     tokens = int(sum(len(a) for a in ids))
     if pad_to is not None and pad_to > tokens:
         n = pad_to - tokens
+        # positions no higher than the row's own: targets whose rope depends on the longest
+        # position in the row (dynamic NTK, Phi-3's longrope) must not see the padding's
+        top = max((len(a) for a in ids), default=1) - 1
         ids.append(np.full(n, pad_id, np.int64))
         masks.append(np.zeros(n, bool))
-        pos.append(np.arange(n, dtype=np.int64))
+        pos.append(np.minimum(np.arange(n, dtype=np.int64), max(top, 0)))
         docs.append(np.full(n, len(rows), np.int64))
     cat = lambda parts, dtype: torch.from_numpy(np.concatenate(parts).astype(dtype, copy=False))  # noqa: E731
     return MicroBatch(cat(ids, np.int64), cat(pos, np.int64), cat(docs, np.int64), cat(masks, bool), tokens, rows)

@@ -156,6 +156,20 @@ def attention_windows(config) -> dict[str | None, int | None]:
     return kinds
 
 
+def position_dependent_rope(config: Any) -> tuple[str, int] | None:
+    """``(rope type, original length)`` for a target whose rope frequencies depend on the
+    longest position of the input (dynamic NTK; longrope, as Phi-3-128k): transformers takes
+    that maximum over a whole packed row. None for the others."""
+    c = text_config(config)
+    params = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    kind = params.get("rope_type") or params.get("type") if isinstance(params, dict) else None
+    if kind not in ("dynamic", "longrope"):
+        return None
+    original = (params.get("original_max_position_embeddings") or getattr(c, "original_max_position_embeddings", None)
+                or c.max_position_embeddings)
+    return kind, int(original)
+
+
 class FrozenTarget:
     """Runs the target on packed rows and returns :class:`TargetOutputs`."""
 
@@ -169,7 +183,10 @@ class FrozenTarget:
         self.embed_tokens = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
         self.attn_implementation = getattr(model.config, "_attn_implementation", None) or "eager"
-        self.final_softcap = getattr(text_config(model.config), "final_logit_softcapping", None)  # Gemma 2: c tanh(z / c)
+        c = text_config(model.config)
+        self.final_softcap = getattr(c, "final_logit_softcapping", None)  # Gemma 2: c tanh(z / c)
+        # what some output heads do to the logits: Granite divides by logits_scaling, Cohere multiplies by logit_scale
+        self.logit_multiplier = (1.0 / float(getattr(c, "logits_scaling", None) or 1.0)) * float(getattr(c, "logit_scale", None) or 1.0)
         self.set_draft_vocab(draft_ids)
 
     @cached_property
@@ -273,6 +290,8 @@ class FrozenTarget:
         in_vocab = torch.empty(n, dtype=torch.bool, device=last_hidden.device)
         for s in range(0, n, self.logits_chunk):
             logits = self.lm_head(last_hidden[s : s + self.logits_chunk])
+            if self.logit_multiplier != 1.0:
+                logits = logits * self.logit_multiplier
             if self.final_softcap:
                 logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
             in_vocab[s : s + self.logits_chunk] = self.t2d[logits.argmax(-1)]
