@@ -251,6 +251,10 @@ def test_two_ranks_train_disjoint_shards_to_identical_weights(two_rank_run):
     assert r0["world_size"] == r1["world_size"] == 2 and r0["step"] == r1["step"] == 6
     assert r0["rows_digest"] != r1["rows_digest"] and r0["tokens"] > 0 and r1["tokens"] > 0
     assert r0["param_digest"] == r1["param_digest"]
+    # the checkpoint (written by the first rank) holds each rank's own progress for a resume
+    states = next((two_rank_run / os.readlink(two_rank_run / "latest")).glob("mp_rank_00_model_states.pt"))
+    saved = torch.load(states, map_location="cpu", weights_only=False)["rank_progress"]
+    assert saved == [{"tokens": r["tokens"], "rows_digest": r["rows_digest"]} for r in (r0, r1)]
 
 
 def test_a_target_split_over_two_ranks_trains_the_same_draft(two_rank_run, tiny_target, mixed_data, tmp_path):
@@ -283,3 +287,20 @@ def test_the_plan_counts_the_rows_left_out_by_rounding_to_ranks_and_accumulation
     data = SimpleNamespace(train=SimpleNamespace(dataset={"length": [60] * 15}))  # 15 rows of one conversation
     plan = make_plan(TrainConfig(max_tokens=100, num_epochs=3), data, rank=0, world=2, accum=4)
     assert (len(plan.bins), plan.rows_used, plan.per_epoch, plan.total_steps) == (15, 8, 1, 3)
+
+
+def test_a_step_that_saves_and_finds_a_best_writes_its_checkpoint_once(tmp_path, tiny_target, mixed_data):
+    """The end-of-training evaluation runs before the --save-every save of the same step,
+    so the new best is saved once (never rewritten under `latest`); a resume puts back a
+    `best` link lost between a save and its move."""
+    args = ["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
+            "--testpath", str(mixed_data / "test.jsonl"), "--savedir", str(tmp_path / "ck"),
+            "--cache-dir", str(tmp_path / "cache"), "--max-steps", "4", "--save-every", "4", *TRAIN_ARGS]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(re.findall(r"saved checkpoint \S*step_4", result.stderr)) == 1, result.stderr[-3000:]
+    assert os.readlink(tmp_path / "ck" / "best") == os.readlink(tmp_path / "ck" / "latest") == "step_4"
+    (tmp_path / "ck" / "best").unlink()
+    again = run_cli(args + ["--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.readlink(tmp_path / "ck" / "best") == "step_4"

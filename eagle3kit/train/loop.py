@@ -31,7 +31,7 @@ from eagle3kit.checkpoint import load_draft, save_draft
 from eagle3kit.errors import UserError, first_line
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import TokenizedData, load_tokenized
-from eagle3kit.train.distributed import all_reduce_sum, init_distributed, rank0_first
+from eagle3kit.train.distributed import all_reduce_sum, gather_objects, init_distributed, rank0_first
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
 from eagle3kit.train.ds_config import load_ds_config, lr_lambda
 from eagle3kit.train.packing import MicroBatch, make_micro_batch, pack, shard_bins
@@ -413,8 +413,18 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         if client is None:
             raise UserError(f"--resume: cannot read the checkpoint {savedir / tag}")
         progress = Progress(**client["progress"])
+        if isinstance(client.get("rank_progress"), list) and len(client["rank_progress"]) > rank:
+            progress.tokens = client["rank_progress"][rank]["tokens"]  # this rank's, not the first rank's
+            progress.rows_digest = client["rank_progress"][rank]["rows_digest"]
         set_rng_state(client["rng"][rank] if isinstance(client["rng"], list) else client["rng"])
         quiet.log(f"resumed from {savedir / tag}: epoch {progress.epoch}, step {progress.step}")
+
+        def repoint_best() -> None:  # a run stopped between writing a best and moving `best`
+            if progress.best_tag and (savedir / progress.best_tag).is_dir() \
+                    and resolve_pointer(savedir, BEST) != progress.best_tag:
+                point(savedir, BEST, progress.best_tag)
+
+        rank0_first(rank, repoint_best, others=False)
 
     reporter = Reporter(cfg.report_to, cfg, savedir, quiet) if rank == 0 else None
     if rank == 0:
@@ -424,11 +434,13 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     last_saved = progress.step if cfg.resume else -1
     last_eval = -1
 
-    def save(tag_step: int, reason: str) -> str:
+    def save(tag_step: int, reason: str, best: bool = False) -> str:
         nonlocal last_saved
         last_saved = tag_step
         tag = f"step_{tag_step}"
-        client = {"progress": asdict(progress), "rng": gather_rng(device), "eagle3kit": __version__}
+        # only the first rank's file holds the client state: each rank's own progress goes in as a list
+        client = {"progress": asdict(progress), "rng": gather_rng(device), "eagle3kit": __version__,
+                  "rank_progress": gather_objects({"tokens": progress.tokens, "rows_digest": progress.rows_digest})}
         engine.save_checkpoint(str(savedir), tag=tag, client_state=client, save_latest=False)
 
         def servable() -> None:
@@ -443,6 +455,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
         def publish() -> None:  # every rank's part is written: `latest` may point at it
             point(savedir, LATEST, tag)
+            if best:  # before the pruning, which may remove the previous best
+                point(savedir, BEST, tag)
             prune(savedir, cfg.keep_last, keep={tag, progress.best_tag})
             quiet.log(f"saved checkpoint {savedir / tag} ({reason})")
 
@@ -469,9 +483,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             # recorded before the save, which stores the progress: a run resumed from this
             # checkpoint must know it is the best (and not prune it)
             progress.best_tau, progress.best_tag = tau, f"step_{progress.step}"
-            tag = save(progress.step, f"best tau_sim {tau:.3f}")
-            if rank == 0:
-                point(savedir, BEST, tag)
+            save(progress.step, f"best tau_sim {tau:.3f}", best=True)
 
     if cfg.eval_every and progress.step == 0:
         run_eval()  # the starting point of the learning curve
@@ -517,8 +529,9 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                     window.zero_()
                     window_tokens, window_start = 0, time.perf_counter()
                 bar.update(advance=1)
-                if cfg.eval_every and progress.step % cfg.eval_every == 0:
-                    run_eval()
+                if (cfg.eval_every and progress.step % cfg.eval_every == 0) or progress.micro >= len(bins) \
+                        or progress.step >= total_steps:
+                    run_eval()  # before a save at this step: a new best is saved once, never over `latest`
                 if cfg.save_every and progress.step % cfg.save_every == 0 and last_saved != progress.step:
                     save(progress.step, "--save-every")
                 if progress.step >= total_steps:
