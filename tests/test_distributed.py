@@ -59,3 +59,32 @@ def test_every_rank_stops_with_the_failing_rank_s_message(tmp_path):
     assert got["rank 0 only", 0] == (("ok", 0), [0]) and got["rank 0 only", 1] == (("ok", None), [])
     assert got["rank 0 only fails", 1] == (("error", "rank 0 stopped the run: rank 0 only fails: cannot read "
                                                      "train.jsonl"), [])
+
+
+def _slow_rank0(rank: int, init_file: str, results) -> None:
+    import time
+
+    import torch
+
+    from eagle3kit.train.distributed import rank0_first
+
+    # a default timeout far shorter than rank 0's work (tokenising a large data set alone)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                                         timeout=timedelta(seconds=2))
+    try:
+        results.put((rank, "ok", rank0_first(rank, lambda: time.sleep(6) or rank if rank == 0 else rank)))
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        results.put((rank, "error", f"{type(error).__name__}: {error}"))
+    torch.distributed.destroy_process_group()
+
+
+def test_the_other_ranks_wait_for_rank_0_past_the_default_timeout(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_slow_rank0, args=(rank, str(tmp_path / "init"), results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict((rank, (status, value)) for rank, status, value in (results.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    assert got == {0: ("ok", 0), 1: ("ok", 1)}

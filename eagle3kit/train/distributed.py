@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -47,19 +48,35 @@ def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.cpu()
 
 
-def gather_objects(obj: Any) -> list[Any]:
+def gather_objects(obj: Any, group: Any = None) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without other ranks)."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
         return [obj]
     every: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every, obj)
+    torch.distributed.all_gather_object(every, obj, group=group)
     return every
+
+
+_patient = None
+
+
+def patient_group():
+    """A gloo group of every rank whose collectives wait ``EAGLE3KIT_WAIT_HOURS`` (6): the
+    ranks agree in it after work one rank does alone (tokenising a large data set, mixing
+    and downloading the default sources), which can outlast the default group's timeout
+    (DeepSpeed's 10 minutes). Made on first use, by every rank in the same order."""
+    global _patient
+    if _patient is None:
+        hours = float(os.environ.get("EAGLE3KIT_WAIT_HOURS", "6"))
+        _patient = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=hours))
+    return _patient
 
 
 def _failures(error: Exception | None) -> list[str | None]:
     """Every rank's failure message (None: it succeeded), on every rank: a collective, so
     it is also a barrier."""
-    return gather_objects(None if error is None else (str(error) or type(error).__name__))
+    group = patient_group() if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1 else None
+    return gather_objects(None if error is None else (str(error) or type(error).__name__), group)
 
 
 def _agree(error: Exception | None) -> None:
