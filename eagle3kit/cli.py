@@ -132,7 +132,8 @@ def plugins():
               help="Share of the mix held out as test.jsonl (round(ratio x N) conversations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle (and of weight= sampling).")
 @click.option("--num-proc", type=click.IntRange(min=1), default=None,
-              help="Worker processes for the conversion. Default: every CPU for large inputs, one for small.")
+              help="Worker processes for the conversion (at most one per 1,000 records). Default: one per CPU, "
+                   "at most 16, from 20,000 records; one below.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact duplicate conversations.")
 @click.option("--skip-invalid", is_flag=True, help="Drop malformed raw records (counted) instead of stopping.")
 def mix(sources_, out, cache_dir, test_ratio, seed, num_proc, no_dedup, skip_invalid):
@@ -221,7 +222,8 @@ def _int_list(ctx, param, value):
               help="Start from this draft (a folder or Hugging Face Hub id, eagle3kit's, SGLang/EAGLE or speculators "
                    "layout): its weights, sizes and vocabulary (--draft-vocab-size is ignored), a fresh optimizer.")
 @click.option("--aux-layers", callback=_int_list, default=None,
-              help="HF hidden-state indices of the three fused features. Default: 2, N//2, N-3.")
+              help="HF hidden-state indices of the three fused features. Default: 2, N//2, N-3 (1, N//2, N-1 for "
+                   "targets under 7 layers, where those repeat).")
 @click.option("--attention", type=click.Choice(["eager", "flex"]), default=None,
               help="Draft attention kernel. Default: flex on GPU, eager on CPU.")
 @click.option("--target-attention", type=click.Choice(["flex", "flex_attention", "sdpa", "eager"]), default=None,
