@@ -372,7 +372,15 @@ def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only
     """Write a draft in the layout SGLang, vLLM or vLLM speculators loads (checked), or --check one."""
     from eagle3kit.export import check_command, export_command
 
+    if private and not push_to_hub:
+        raise click.UsageError("--private applies to the repository --push-to-hub REPO_ID creates; give both or neither")
     if check_only:
+        writes = [name for name, given in (("--out", out_dir), ("--push-to-hub", push_to_hub),
+                                           ("--eval-report", eval_report)) if given]
+        if writes:
+            verb = "is" if len(writes) == 1 else "are"
+            raise click.UsageError(f"--check only validates DRAFT_DIR; {', '.join(writes)} {verb} for an export: drop "
+                                   "--check to export, or drop them to check")
         check_command(draft_dir, fmt=fmt, basepath=basepath)
     else:
         if fmt is None or out_dir is None:

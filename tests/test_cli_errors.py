@@ -123,3 +123,11 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
     assert result.returncode == 2, message[-2000:]
     assert "no conversation keeps an answer token within --max-len 16" in message and "raise --max-len" in message
     assert "--eval-every 5 without --testpath" in message
+
+
+def test_export_refuses_options_that_would_be_ignored(tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), "--check", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--check only validates DRAFT_DIR; --out is for an export" in " ".join(result.output.split())
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), "--to", "vllm", "--out", str(tmp_path / "o"), "--private"])
+    assert result.exit_code == 2 and "--private applies to the repository --push-to-hub" in result.output
+    assert not (tmp_path / "o").exists()
