@@ -131,3 +131,14 @@ def test_export_refuses_options_that_would_be_ignored(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(tmp_path), "--to", "vllm", "--out", str(tmp_path / "o"), "--private"])
     assert result.exit_code == 2 and "--private applies to the repository --push-to-hub" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_train_option_warnings():
+    from eagle3kit.train.loop import TrainConfig, option_warnings
+
+    assert option_warnings(TrainConfig(eval_every=5)) == []  # the default mix brings its test split
+    assert option_warnings(TrainConfig(eval_every=5, trainpath="t.jsonl", testpath="v.jsonl")) == []
+    assert option_warnings(TrainConfig(eval_every=5, trainpath="t.jsonl")) == [
+        "--eval-every 5 without --testpath: nothing to evaluate on, so no test figures and no best checkpoint"]
+    assert option_warnings(TrainConfig(trainpath="t.jsonl", testpath="./t.jsonl"))[0].startswith(
+        "--testpath is --trainpath (./t.jsonl)")

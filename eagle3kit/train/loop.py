@@ -254,6 +254,18 @@ def log_plan(ui: UI, cfg: TrainConfig, data: Prepared, plan: Plan, draft_config:
     ui.log(f"{world} rank(s), {plan.per_epoch:,} optimizer steps per epoch, {plan.total_steps:,} in all; {kernels}")
 
 
+def option_warnings(cfg: TrainConfig) -> list[str]:
+    """Options that would not do what they seem to, each as a warning."""
+    out = []
+    if cfg.testpath and cfg.trainpath and Path(cfg.testpath).resolve() == Path(cfg.trainpath).resolve():
+        out.append(f"--testpath is --trainpath ({cfg.testpath}): the test figures (tau_sim, the best checkpoint) are "
+                   "measured on training data; give the test split a mix wrote")
+    if cfg.eval_every and cfg.trainpath and not cfg.testpath:  # without --trainpath the mix gives a test split
+        out.append(f"--eval-every {cfg.eval_every} without --testpath: nothing to evaluate on, so no test figures "
+                   "and no best checkpoint")
+    return out
+
+
 def check_finite(stats: StepStats, what: str, cfg: TrainConfig, savedir: Path) -> None:
     """Stop a diverged run (every rank sees the same reduced sums) before it logs, or saves
     as the best, a draft of NaNs."""
@@ -308,12 +320,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
-    if cfg.testpath and cfg.trainpath and Path(cfg.testpath).resolve() == Path(cfg.trainpath).resolve():
-        quiet.warn(f"--testpath is --trainpath ({cfg.testpath}): the test figures (tau_sim, the best checkpoint) are "
-                   "measured on training data; give the test split a mix wrote")
-    if cfg.eval_every and not cfg.testpath:
-        quiet.warn(f"--eval-every {cfg.eval_every} without --testpath: nothing to evaluate on, so no test figures "
-                   "and no best checkpoint")
+    for warning in option_warnings(cfg):
+        quiet.warn(warning)
     if cfg.resume and cfg.init_draft:
         raise UserError("--resume continues a run with its own weights and optimizer, --init-draft starts a new run "
                         "from a draft's weights: give one of them")
