@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 
 def remove_quietly(path: Path | str) -> None:
@@ -20,13 +20,36 @@ def replacing(path: Path | str) -> Iterator[Path]:
     """Yield a temporary name beside ``path`` to write; when the block ends without error
     it is renamed over ``path``, otherwise removed. A reader never sees a partial file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+@contextlib.contextmanager
+def replacing_together(paths: Sequence[Path | str]) -> Iterator[list[Path]]:
+    """Temporary names beside ``paths`` to write; when the block ends without error all of
+    them are renamed over ``paths``, otherwise removed. The last path is removed first and
+    renamed last: an interruption among the renames leaves it missing, never a new file
+    beside an old one of the set (a reader that needs them all finds one absent)."""
+    paths = [Path(p) for p in paths]
+    tmps = [_temporary(p) for p in paths]
+    try:
+        yield tmps
+        remove_quietly(paths[-1])
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            remove_quietly(tmp)
+        raise
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

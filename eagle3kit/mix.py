@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eagle3kit import __version__
-from eagle3kit.atomic import atomic_write_text, remove_quietly
+from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing_together
 from eagle3kit.errors import RecordError, UserError
 from eagle3kit.plugins import Converter, Registry, converter_for
 from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
@@ -537,24 +537,17 @@ def run_mix(
 
     remove_quietly(out / MANIFEST)  # from here on the folder is not a complete mix
     column = _JsonColumn(runs)
-    splits = {TRAIN_FILE: rows_global[train_order], TEST_FILE: rows_global[test_order]}
-    tmp = {name: out / f".{name}.tmp-{os.getpid()}" for name in splits}
     files = {}
+    # Renamed together once both are complete, train last: an interruption among the
+    # renames leaves a test split without a train split, never a new split beside an old
+    # one (test rows could then be trained on).
     try:
-        with ui.progress("writing", total=total) as task:
-            for name, order in splits.items():
-                files[name] = _write_split(tmp[name], column, order)
+        with replacing_together([out / TEST_FILE, out / TRAIN_FILE]) as (test_tmp, train_tmp), \
+                ui.progress("writing", total=total) as task:
+            for name, tmp, order in ((TRAIN_FILE, train_tmp, rows_global[train_order]),
+                                     (TEST_FILE, test_tmp, rows_global[test_order])):
+                files[name] = _write_split(tmp, column, order)
                 task.update(advance=len(order))
-        # Both are complete: the old pair goes and the new one takes its names, test first,
-        # so that an interruption in between leaves a test split without a train split,
-        # never a new split beside an old one (test rows could then be trained on).
-        remove_quietly(out / TRAIN_FILE)
-        os.replace(tmp[TEST_FILE], out / TEST_FILE)
-        os.replace(tmp[TRAIN_FILE], out / TRAIN_FILE)
-    except BaseException:
-        for path in tmp.values():
-            remove_quietly(path)
-        raise
     finally:
         column.close()
 
