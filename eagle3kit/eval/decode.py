@@ -196,6 +196,16 @@ class SpeculativeDecoder:
         result.seconds = time.perf_counter() - start_time
         return result
 
+    def _record(self, result: Decoded, accepted: int, new: list[int], max_new_tokens: int) -> None:
+        """Book one verification pass: ``accepted`` proposals and the ``new`` tokens it gives
+        (accepted + the target's), of which the output keeps those up to the end of the turn
+        and ``max_new_tokens``."""
+        result.passes += 1
+        result.accepted.append(accepted)
+        emitted = _through_end(new, self.eos)[:max_new_tokens - len(result.tokens)]
+        result.produced.append(len(emitted))
+        result.tokens.extend(emitted)
+
     def _passes(self, result: Decoded, cache, state: DraftState, hidden: torch.Tensor, pos: int,
                 max_new_tokens: int) -> None:
         """Draft and verify until done, extending ``result`` (chain drafting). ``pos``: the
@@ -225,11 +235,7 @@ class SpeculativeDecoder:
                 q = torch.stack(qs)[None]
                 a, nx = accept_chain(drafted[None], q, p, self.generator)
                 accepted, nxt = int(a), int(nx)
-            result.passes += 1
-            result.accepted.append(accepted)
-            emitted = _through_end(proposals[:accepted] + [nxt], self.eos)[:max_new_tokens - len(out)]
-            result.produced.append(len(emitted))
-            out.extend(emitted)
+            self._record(result, accepted, proposals[:accepted] + [nxt], max_new_tokens)
             # keep the target cache for token + accepted proposals; the new token is not in it yet
             kept = pos + 1 + accepted
             _crop_cache(cache, kept)
@@ -370,12 +376,8 @@ class TreeDecoder(SpeculativeDecoder):
             verify = torch.tensor(pending + [nodes[i].token for i in chosen], device=device)
             features, logits = self._target_masked(verify, q_positions, k_positions, allowed, cache)
             path, nxt = self._walk(nodes, chosen, logits[[p - 1] + [row_of[i] for i in chosen]])
-            result.passes += 1
-            result.accepted.append(len(path))
             new = [nodes[i].token for i in path] + [nxt]
-            emitted = _through_end(new, self.eos)[:max_new_tokens - len(out)]
-            result.produced.append(len(emitted))
-            out.extend(emitted)
+            self._record(result, len(path), new, max_new_tokens)
             # commit the pending tokens; the accepted ones are read again next pass
             _crop_cache(cache, pos + p)
             state.crop(pos + p - 1)
