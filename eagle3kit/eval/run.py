@@ -153,6 +153,14 @@ def check_inputs(cfg: EvalConfig) -> None:
             raise UserError(f"--json {cfg.json_path}: cannot write in {folder}; choose another path")
 
 
+def _prompts(cfg: EvalConfig, tokenizer, ui: UI) -> tuple[list[list[int]], list[tuple[str, int]]]:
+    """The prompts of ``--data`` and their origins, saying when there are fewer than asked."""
+    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
+    if len(prompts) < cfg.num_samples:
+        ui.log(f"{cfg.data_path} holds {len(prompts)} prompts (human turns); --num-samples {cfg.num_samples} uses them all")
+    return prompts, origins
+
+
 def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     """Decode ``num_samples`` prompts speculatively (and plainly, for the speed-up); report."""
     from eagle3kit.checkpoint import load_draft
@@ -177,9 +185,7 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
     draft = load_draft(cfg.draft_path, device=device, dtype=dtype)  # the small things first: a wrong path fails at once
     draft.eval()
-    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
-    if len(prompts) < cfg.num_samples:
-        ui.log(f"{cfg.data_path} holds {len(prompts)} prompts (human turns); --num-samples {cfg.num_samples} uses them all")
+    prompts, origins = _prompts(cfg, tokenizer, ui)
     model = load_target_model(cfg.basepath, device=device, dtype=dtype, attn_implementation="sdpa", tp_mesh=mesh)
     text = model.config.get_text_config()
     if draft.config.vocab_size != text.vocab_size:
@@ -254,9 +260,7 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
         ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
                 "--num-draft-tokens and --acceptance are ignored")
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
-    prompts, origins = prompts_with_origins(cfg.data_path, tokenizer, cfg.num_samples)
-    if len(prompts) < cfg.num_samples:
-        ui.log(f"{cfg.data_path} holds {len(prompts)} prompts (human turns); --num-samples {cfg.num_samples} uses them all")
+    prompts, origins = _prompts(cfg, tokenizer, ui)
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}
     report = served_acceptance(cfg.server, cfg.engine, prompts, cfg.max_new_tokens, sampling, cfg.timeout, ui)
     report.update(breakdown(origins, report.pop("per_prompt_produced"), report.pop("per_prompt_passes")))
