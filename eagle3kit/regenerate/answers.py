@@ -51,10 +51,8 @@ def keep_think(text: str, reasoning: str | None = None, opened: bool | None = No
     text = text.strip()
     if reasoning and reasoning.strip():
         return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{strip_think(text) if THINK_CLOSE in text else text}".strip()
-    if opened and not text.startswith(THINK_OPEN):
-        return f"{THINK_OPEN}\n{text}"
-    if _closes_prompt_block(text, opened) >= 0:
-        return f"{THINK_OPEN}\n{text}"
+    if (opened and not text.startswith(THINK_OPEN)) or _closes_prompt_block(text, opened) >= 0:
+        return f"{THINK_OPEN}\n{text}"  # the block the prompt opened
     return text
 
 

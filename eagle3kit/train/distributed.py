@@ -64,8 +64,11 @@ def patient_group():
     """A gloo group of every rank whose collectives wait ``EAGLE3KIT_WAIT_HOURS`` (6): the
     ranks agree in it after work one rank does alone (tokenising a large data set, mixing
     and downloading the default sources), which can outlast the default group's timeout
-    (DeepSpeed's 10 minutes). Made on first use, by every rank in the same order."""
+    (DeepSpeed's 10 minutes). Made on first use, by every rank in the same order; None
+    without other ranks."""
     global _patient
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return None
     if _patient is None:
         hours = float(os.environ.get("EAGLE3KIT_WAIT_HOURS", "6"))
         _patient = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=hours))
@@ -75,8 +78,7 @@ def patient_group():
 def _failures(error: Exception | None) -> list[str | None]:
     """Every rank's failure message (None: it succeeded), on every rank: a collective, so
     it is also a barrier."""
-    group = patient_group() if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1 else None
-    return gather_objects(None if error is None else (str(error) or type(error).__name__), group)
+    return gather_objects(None if error is None else (str(error) or type(error).__name__), patient_group())
 
 
 def _agree(error: Exception | None) -> None:
