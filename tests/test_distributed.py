@@ -36,19 +36,23 @@ def _worker(rank: int, init_file: str, results) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_every_rank_stops_with_the_failing_rank_s_message(tmp_path):
+def _on_two_ranks(worker, tmp_path, results_per_rank: int) -> list:
+    """Run ``worker(rank, init_file, queue)`` in two spawned processes; return what they put."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, str(tmp_path / "init"), results)) for rank in (0, 1)]
+    procs = [ctx.Process(target=worker, args=(rank, str(tmp_path / "init"), results)) for rank in (0, 1)]
     for p in procs:
         p.start()
-    got = {}
-    for _ in range(2 * len(SCENARIOS)):
-        scenario, rank, outcome, ran = results.get(timeout=120)
-        got[scenario, rank] = (outcome, ran)
+    got = [results.get(timeout=120) for _ in range(2 * results_per_rank)]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return got
+
+
+def test_every_rank_stops_with_the_failing_rank_s_message(tmp_path):
+    got = {(scenario, rank): (outcome, ran)
+           for scenario, rank, outcome, ran in _on_two_ranks(_worker, tmp_path, len(SCENARIOS))}
     # rank 0 fails in its turn: rank 1 never runs its own and stops with rank 0's message
     assert got["rank 0 fails", 0] == (("error", "rank 0 fails: cannot read train.jsonl"), [0])
     assert got["rank 0 fails", 1] == (("error", "rank 0 stopped the run: rank 0 fails: cannot read train.jsonl"), [])
@@ -79,12 +83,5 @@ def _slow_rank0(rank: int, init_file: str, results) -> None:
 
 
 def test_the_other_ranks_wait_for_rank_0_past_the_default_timeout(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_slow_rank0, args=(rank, str(tmp_path / "init"), results)) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    got = dict((rank, (status, value)) for rank, status, value in (results.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
+    got = {rank: (status, value) for rank, status, value in _on_two_ranks(_slow_rank0, tmp_path, 1)}
     assert got == {0: ("ok", 0), 1: ("ok", 1)}
