@@ -15,6 +15,10 @@ download), packs synthetic conversations of ``--seq-len`` tokens into rows of
   the synthetic row is prompt; ``--answer-share`` changes that). ``--no-baseline`` leaves
   it out.
 
+The draft vocabulary holds the target's top-1 ids on the row (:func:`draft_vocabulary`),
+as a trained target's nearly always are, so the unroll skips no more than a real run
+would; the script prints the share of the row each TTT step runs on.
+
 Prints one row per measurement (median of ``--steps`` after ``--warmup``) and the ratio
 of training to the ceiling; ``--json`` writes them. Meant for a GPU; ``--config tiny``
 runs anywhere (a smoke test of the script, not a figure).
@@ -86,6 +90,60 @@ def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0, 
     return MicroBatch(ids, pos, doc_ids_from_positions(pos), mask, t).to(device)
 
 
+def draft_vocabulary(model, mb, n_conv: int, size: int, chunk: int = 4096) -> torch.Tensor:
+    """The draft vocabulary a real run would give this row: the target's top-1 ids on it,
+    most frequent first, then the lowest other ids; sorted.
+
+    A trained target's top-1 token is nearly always in its draft vocabulary, and the
+    TTT unroll skips positions whose is not. With random weights, an arbitrary 32,000
+    of 128,256 ids would hold about a quarter of the top-1 tokens, and the timed step
+    would skip work a real run does."""
+    vocab = model.config.vocab_size
+    with torch.no_grad():  # conversations unpacked: each starts at position 0, as in the packed row
+        h = model.model(input_ids=mb.input_ids.view(n_conv, -1)).last_hidden_state.flatten(0, 1)
+        top = torch.cat([model.lm_head(h[s : s + chunk]).argmax(-1) for s in range(0, h.shape[0], chunk)])
+    counts = torch.bincount(top.cpu(), minlength=vocab)
+    seen = counts.nonzero().squeeze(1)
+    seen = seen[counts[seen].argsort(descending=True, stable=True)][:size]
+    rest = torch.ones(vocab, dtype=torch.bool)
+    rest[seen] = False
+    fill = rest.nonzero().squeeze(1)[: size - seen.numel()]
+    return torch.cat([seen, fill]).sort().values
+
+
+def profile_step(step, folder: Path, title: str) -> None:
+    """Run ``step`` once under torch's profiler; write the ops by time and the trace."""
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        step()
+        sync()
+    folder.mkdir(parents=True, exist_ok=True)
+    by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages(group_by_input_shape=False).table(sort_by=by, row_limit=60, max_name_column_width=60)
+    (folder / "profile.txt").write_text(f"# {title}, sorted by {by}\n{table}\n")
+    raw = folder / "trace.json"
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(folder / "trace.json.gz", "wb") as dst:
+        dst.write(src.read())
+    raw.unlink()
+    print(f"# profile of one {title} in {folder}", flush=True)
+
+
+def work_shares(out, mb, ttt_length: int) -> dict:
+    """How much of the row the TTT unroll works on: the share of answer tokens whose
+    preceding top-1 is in the draft vocabulary, and of positions live at each step."""
+    from eagle3kit.train.ttt import live_positions, step_weights
+
+    counted = [step_weights(mb.loss_mask, mb.doc_ids, out.in_vocab, k) for k in range(ttt_length)]
+    answers = mb.loss_mask[1:]
+    in_vocab = (out.in_vocab[:-1] & answers).sum() / answers.sum().clamp(min=1)
+    return {"in_vocab": float(in_vocab), "live": [round(float(x.float().mean()), 3) for x in live_positions(counted)]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=["llama8b", "tiny"], default="llama8b")
@@ -105,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--answer-share", type=float, default=0.5,
                     help="share of each 512-token turn that is answer (loss-masked); the rest is prompt")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after timing the first --max-tokens, profile one training step: DIR/profile.txt "
+                         "(ops by device time) and DIR/trace.json.gz (a Chrome/Perfetto trace)")
     args = ap.parse_args(argv)
     import faulthandler
     import signal
@@ -152,7 +213,6 @@ def main(argv=None) -> int:
     model.eval().requires_grad_(False)
     print(f"# target built in {time.perf_counter() - t0:.1f}s on {torch.cuda.get_device_name() if cuda else 'cpu'}; "
           f"torch {torch.__version__}", flush=True)
-    draft_ids = torch.arange(draft_vocab)  # which ids does not matter for speed
 
     for max_tokens in args.max_tokens:
         n_conv = max(1, max_tokens // args.seq_len)
@@ -164,6 +224,7 @@ def main(argv=None) -> int:
                 times = timed(lambda: model(input_ids=ids, output_hidden_states=True), args.steps, args.warmup)
             ceiling = report("ceiling: target forward (sdpa, unpacked, all hidden states)", times, tokens,
                              max_tokens=max_tokens)
+        draft_ids = draft_vocabulary(model, mb, n_conv, draft_vocab)
         set_attention(model, target_impl)
         target = FrozenTarget(model, [2, spec["num_hidden_layers"] // 2, spec["num_hidden_layers"] - 3], draft_ids)
 
@@ -175,6 +236,10 @@ def main(argv=None) -> int:
         with torch.no_grad():
             times = timed(target_step, args.steps, args.warmup, label="target step")
         report(f"target step ({target_impl}, packed, restricted logits)", times, tokens, max_tokens=max_tokens)
+        with torch.no_grad():
+            shares = work_shares(target_step(), mb, args.ttt_length)
+        print(f"# top-1 in the draft vocabulary at {shares['in_vocab']:.1%} of the answer tokens; share of the "
+              f"row each TTT step runs on: {' '.join(f'{x:.2f}' for x in shares['live'])}", flush=True)
 
         draft_config = DraftConfig.from_target(config, draft_vocab)
         draft = Eagle3Draft(draft_config)
@@ -210,8 +275,11 @@ def main(argv=None) -> int:
                 timings[live_only] += timed(lambda: train_step(live_only), 1, 0)
                 if cuda:
                     peaks[live_only] = max(peaks.get(live_only, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        if args.profile and max_tokens == args.max_tokens[0]:
+            profile_step(train_step, Path(args.profile), f"training step at {max_tokens} tokens ({label})")
         peak = peaks.get(True, float("nan"))
-        row = report(f"train step ({label})", timings[True], tokens, max_tokens=max_tokens, peak_gib=peak)
+        row = report(f"train step ({label})", timings[True], tokens, max_tokens=max_tokens, peak_gib=peak,
+                     live_share=shares["live"])
         if baseline:
             base = report(f"train step, every position ({label})", timings[False], tokens, max_tokens=max_tokens,
                           peak_gib=peaks.get(False, float("nan")))

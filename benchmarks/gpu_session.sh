@@ -8,8 +8,8 @@
 # needed first: the 8B-shaped training figures at 2,048 tokens (with the every-position
 # baseline), then 16,384 tokens in the same process (rows are written as they come, so a
 # 16k stall costs nothing measured before it; every warm-up step prints its time, the
-# first holding the compilation; the time box sends SIGUSR1 for a stack dump first), then
-# the small-target tau / speed-up / regeneration figures. If time is left, a second call
+# first holding the compilation; the time box sends SIGUSR1 for a stack dump first; one
+# 2k step is profiled into $OUT/profile between the two sizes), then the small-target tau / speed-up / regeneration figures. If time is left, a second call
 # `STAGES="check loss"` (70 + 40 s): the GPU path against the eager reference, and the
 # loss head.
 set -u
@@ -26,7 +26,7 @@ for s in $STAGES; do
   case $s in
     check) stage check 70 python3 benchmarks/check_gpu.py ;;
     bench) stage bench 300 python3 benchmarks/bench_train.py --max-tokens 2048 16384 --baseline-max-tokens 2048 \
-             --steps 5 --warmup 2 --json "$OUT/bench.json" ;;
+             --steps 5 --warmup 2 --json "$OUT/bench.json" --profile "$OUT/profile" ;;
     bench16k) stage bench16k 190 python3 benchmarks/bench_train.py --max-tokens 16384 --steps 4 --warmup 2 --skip-ceiling --no-baseline ;;
     loss) stage loss 40 python3 benchmarks/bench_loss.py --rows 8192 --steps 5 ;;  # saved logit gradient vs recompute
     bench2k) stage bench2k 150 python3 benchmarks/bench_train.py --max-tokens 2048 --steps 6 --warmup 3 ;;  # with the every-position baseline
