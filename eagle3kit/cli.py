@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from eagle3kit import __version__
-from eagle3kit.errors import UserError
+from eagle3kit.errors import UserError, was_interrupted
 
 DEFAULT_SOURCES = ("ultrachat", "sharegpt")
 DEFAULT_CACHE_DIR = "./data_cache"
@@ -31,17 +31,27 @@ class _Group(click.Group):
             click.secho(f"Error: {error}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.secho("Interrupted. Files are written under temporary names and renamed when complete, "
-                        "so nothing partial was left under a real name.", fg="yellow", err=True)
-            sys.exit(130)
+            _interrupted()
         except OSError as error:  # the disk's answer to a write: a read-only folder, no space, no permission
             if error.errno not in _WRITE_ERRORS:
+                if was_interrupted(error):
+                    _interrupted()
                 raise
             where = f" {error.filename}" if error.filename else ""
             click.secho(f"Error: cannot write{where}: {error.strerror}. Choose another output folder (or free "
                         "space) and run again; files are written under temporary names and renamed when complete, "
                         "so nothing partial was left under a real name.", fg="red", err=True)
             sys.exit(2)
+        except Exception as error:
+            if was_interrupted(error):  # a worker pool's own error over the Ctrl-C
+                _interrupted()
+            raise
+
+
+def _interrupted() -> None:
+    click.secho("Interrupted. Files are written under temporary names and renamed when complete, "
+                "so nothing partial was left under a real name.", fg="yellow", err=True)
+    sys.exit(130)
 
 
 _WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -60,7 +70,10 @@ class Finite(click.FloatRange):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="eagle3kit")
-def cli():
+# The DeepSpeed launcher puts --local_rank=N right after the module or script, before the
+# command (`deepspeed --module eagle3kit train ...`); LOCAL_RANK in the environment says the same.
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)
+def cli(local_rank):
     """Train EAGLE-3 draft models for speculative decoding.
 
     \b
@@ -105,18 +118,24 @@ def sources():
     console = Console()
     console.print(table)
     for name, error in registry.failed:
-        console.print(f"[red]plugin {escape(name)} failed to load:[/red] {escape(error)}", highlight=False)
+        console.print(f"[red]plugin {escape(name)} failed to load:[/red] {escape(error)}", highlight=False,
+                      soft_wrap=True)
+    for name, info in sorted(registry.blocked.items()):
+        console.print(f"[yellow]plugin {escape(name)} ({escape(info.distribution)} {escape(info.version)}) is blocked "
+                      "by EAGLE3KIT_BLOCK_PLUGINS:[/yellow] its sources are not listed", highlight=False, soft_wrap=True)
 
 
 @cli.command()
 def plugins():
-    """List the loaded plugins with their distributions and versions."""
+    """List the plugins with their distributions and versions: loaded, failed and blocked."""
     registry = _registry()
     for name, info in sorted(registry.plugins.items()):
         owned = sorted(s for s, src in registry.sources.items() if src.plugin == name)
         click.echo(f"{name}\t{info.distribution} {info.version}\tsources: {', '.join(owned) or '-'}")
     for name, error in registry.failed:
         click.echo(f"{name}\tFAILED: {error}")
+    for name, info in sorted(registry.blocked.items()):
+        click.echo(f"{name}\t{info.distribution} {info.version}\tBLOCKED by EAGLE3KIT_BLOCK_PLUGINS")
 
 
 @cli.command()

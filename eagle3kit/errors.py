@@ -1,8 +1,14 @@
 """The exceptions eagle3kit raises for problems a user can fix.
 
 The CLI prints a :class:`UserError` as one clear message (no traceback) and exits with
-status 2; anything else is a bug and keeps its traceback.
+status 2; anything else is a bug and keeps its traceback. Ctrl-C during a worker pool
+(``datasets``' ``map`` with ``num_proc``) is one line too: :func:`was_interrupted`,
+:func:`interrupts_in_main_only`.
 """
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def first_line(error: BaseException) -> str:
@@ -30,3 +36,66 @@ class RecordError(ValueError):
     string (got int)"``); eagle3kit adds the source, the file or repository and the row.
     A plain ``ValueError``, ``KeyError`` or ``TypeError`` is treated the same way.
     """
+
+
+def was_interrupted(error: BaseException) -> bool:
+    """True when ``error`` was raised while handling Ctrl-C: a worker pool that is
+    interrupted raises its own error (``datasets``' map, a TimeoutError) over the
+    KeyboardInterrupt."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextmanager
+def interrupts_in_main_only() -> Iterator[None]:
+    """Ctrl-C interrupts this process only, not the worker processes it forks meanwhile
+    (they inherit the handler, which does nothing there): the main process ends the
+    pool, instead of every worker printing its own traceback. Nothing changes where
+    Ctrl-C is ignored already (a background job) or outside the main thread."""
+    import signal
+
+    main = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() == main:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            yield
+            return
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_worker_checked = False
+
+
+def quiet_worker_interrupts() -> None:
+    """In a worker process of a pool, ignore Ctrl-C from now on, for workers that do not
+    inherit :func:`interrupts_in_main_only`'s handler (started by spawn rather than fork).
+    Cheap after the first call; nothing in the main process."""
+    global _worker_checked
+    if _worker_checked:
+        return
+    _worker_checked = True
+    import signal
+    import sys
+
+    for name in ("multiprocess", "multiprocessing"):  # datasets' pools come from `multiprocess`
+        module = sys.modules.get(name)
+        if module is not None and module.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return

@@ -25,7 +25,9 @@ def register_sources(register: Callable[[Source], None]) -> None:
 
     Called once when the plugin manager is built, before any command runs. Call
     ``register(Source(...))`` once per source. A source's ``name`` is what users type in
-    ``--source NAME``; two plugins registering one name is an error naming both.
+    ``--source NAME``; two plugins registering one name is an error naming both. A plugin
+    that registers something invalid (not a Source, a ``repos`` entry that is not a
+    HubRepo, an option named like a common one, one name twice) fails to load.
 
     :param register: callback taking a :class:`eagle3kit.Source`.
     :returns: nothing; the return value is ignored.

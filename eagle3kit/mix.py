@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing_together
-from eagle3kit.errors import RecordError, UserError
+from eagle3kit.errors import RecordError, UserError, interrupts_in_main_only, quiet_worker_interrupts
 from eagle3kit.plugins import Converter, Registry, converter_for
 from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
 from eagle3kit.sourcespec import SourceSpec, resolve_options
@@ -43,7 +43,7 @@ from eagle3kit.unified import (
 )
 
 #: Bump when the rules of eagle3kit.unified change: it invalidates every cached conversion.
-RULES_VERSION = 2
+RULES_VERSION = 3  # 3: ShareGPT answers in page HTML become markdown
 MANIFEST = "manifest.json"
 TRAIN_FILE = "train.jsonl"
 TEST_FILE = "test.jsonl"
@@ -57,23 +57,27 @@ def convert_batch(
     *,
     converter: Converter,
     raw_json: bool,
-    where: str,
+    where: str | Sequence[str],
     files: Sequence[tuple[str, int, int]] = (),
 ) -> dict[str, list]:
     """Convert one batch of raw rows: the function ``datasets.map`` runs in the workers.
 
     ``raw_json``: the batch indexes records of JSON ``files`` (byte ranges, read here);
-    otherwise its rows are the records.
+    otherwise its rows are the records. ``where`` names a record's place in messages
+    (``{loc}``, ``{row}``), or one such text per file of ``files``.
     """
+    quiet_worker_interrupts()
     if raw_json:
         rows: Sequence[Any] = read_records(files, batch[FILE_COLUMN], batch[START_COLUMN], batch[LENGTH_COLUMN])
         locs = batch[LOC_COLUMN]
+        places = [where if isinstance(where, str) else where[n] for n in batch[FILE_COLUMN]]
     else:
         names = list(batch)
         rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
         locs = indices
+        places = [where] * len(rows)
     out: dict[str, list] = {"id": [], "json": [], "key": [], "status": [], "error": []}
-    for row, index, loc in zip(rows, indices, locs):
+    for row, index, loc, place in zip(rows, indices, locs, places):
         record_id = f"{converter.source}_{index}"
         text, key, status, error = "", b"", KEPT, None
         try:
@@ -88,7 +92,7 @@ def convert_batch(
                 conv_text = conversation_json(conversation)
                 text, key = record_json(record_id, conv_text), conversation_key(conv_text)
         except Exception as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
-            status, error = INVALID, f"{where.format(loc=loc, row=index)}: {_describe(exc)}"
+            status, error = INVALID, f"{place.format(loc=loc, row=index)}: {_describe(exc)}"
         out["id"].append(record_id)
         out["json"].append(text)
         out["key"].append(key)
@@ -186,6 +190,8 @@ def _load_sources(registry: Registry, specs: Sequence[SourceSpec], cache_dir: Pa
         source = registry.source(run.name)
         with ui.progress(f"loading {run.name}") as task:
             run.raw = load_raw(source, run.options, cache_dir, log=ui.warn)
+            if run.raw.note:
+                ui.log(run.raw.note)
             rows = len(run.raw.dataset)
             task.update(advance=rows, total=rows)
         if run.options.get("limit") is not None and run.options["limit"] < rows:
@@ -202,12 +208,12 @@ def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int 
         raise UserError(f"source {run.name}: {what} {run.raw.origin}; check the file or the source's options")
     if num_proc is None:
         num_proc = default_num_proc(len(dataset))
-    if num_proc is not None and num_proc > 1:
+    if num_proc is not None:  # one process is this one: no pool (datasets would start one worker)
         num_proc = min(num_proc, max(1, len(dataset) // 1000))
         num_proc = num_proc if num_proc > 1 else None
     target = cache_dir / "converted"
     target.mkdir(parents=True, exist_ok=True)
-    with ui.datasets_progress(f"converting {run.name}"):
+    with ui.datasets_progress(f"converting {run.name}"), interrupts_in_main_only():
         run.converted = dataset.map(
             convert_batch,
             batched=True,
@@ -215,7 +221,8 @@ def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int 
             with_indices=True,
             remove_columns=dataset.column_names,
             features=_features(),
-            fn_kwargs={"converter": converter, "raw_json": run.raw.is_raw_json, "where": run.raw.where, "files": run.raw.files},
+            fn_kwargs={"converter": converter, "raw_json": run.raw.is_raw_json, "where": run.raw.file_where or run.raw.where,
+                       "files": run.raw.files},
             num_proc=num_proc,
             new_fingerprint=fingerprint,
             cache_file_name=str(target / f"{run.name}-{fingerprint}.arrow"),
@@ -267,6 +274,15 @@ def _dedup(runs: Sequence[SourceRun], kept: list) -> list:
         run.duplicates = int(len(rows) - keep.sum())
         out.append(rows[keep])
     return out
+
+
+def _left_out(run: SourceRun) -> str:
+    """What became of a source's records: ``"2 read: 2 too short"``."""
+    drops = [f"{run.counts[status]} {status.replace('_', ' ')}" for status in STATUSES
+             if status != KEPT and run.counts.get(status)]
+    if run.duplicates:
+        drops.append(f"{run.duplicates} duplicate(s)")
+    return f"{len(run.converted)} read" + (f": {', '.join(drops)}" if drops else "")
 
 
 def apply_weights(sizes: Sequence[int], weights: Sequence[float | None]) -> list[int]:
@@ -509,6 +525,11 @@ def run_mix(
     kept = [_kept_rows(run) for run in runs]
     if dedup:
         kept = _dedup(runs, kept)
+    weighted = any(run.options.get("weight") is not None for run in runs)
+    for run, rows in zip(runs, kept):
+        if weighted and not len(rows):  # shares of the mix: one empty source leaves nothing of the others
+            raise UserError(f"source {run.name} has no conversation left ({_left_out(run)}), and weight= makes "
+                            "every source a share of the mix, so nothing would be mixed; fix its input, or leave it out")
     sizes = apply_weights([len(k) for k in kept], [run.options.get("weight") for run in runs])
     chosen = []
     for i, (run, rows, size) in enumerate(zip(runs, kept, sizes)):
@@ -524,12 +545,16 @@ def run_mix(
     source_index = np.concatenate([np.full(len(rows), i) for i, rows in enumerate(chosen)])
     total = len(rows_global)
     if total == 0:
-        raise UserError("no conversation is left after the clean-up rules; see the counts above and check the inputs")
+        raise UserError("no conversation is left after the clean-up rules: "
+                        + "; ".join(f"{run.name}: {_left_out(run)}" for run in runs) + "; check the inputs")
     perm = np.random.default_rng(seed).permutation(total)
     n_test = int(round(test_ratio * total))
     if test_ratio > 0 and n_test == 0:
         ui.warn(f"{total} conversation(s) x --test-ratio {test_ratio:g} rounds to an empty test split; "
                 "mix more data (train --testpath needs at least one conversation)")
+    if n_test == total:
+        ui.warn(f"{total} conversation(s) x --test-ratio {test_ratio:g} rounds to an empty train split; "
+                "mix more data or lower --test-ratio")
     test_order, train_order = perm[:n_test], perm[n_test:]
     for i, run in enumerate(runs):
         run.test = int(np.sum(source_index[test_order] == i))

@@ -4,9 +4,11 @@ Plugins are found through the ``eagle3kit`` entry-point group only; the built-in
 sources are declared there by eagle3kit's own ``pyproject.toml``, so they load exactly
 like a third-party ``pip install eagle3kit-mydata``.
 
-* A plugin that fails to import (or implements a hook that does not exist) is skipped
-  with a warning naming it and its error; ``EAGLE3KIT_STRICT_PLUGINS=1`` makes that fatal.
-* ``EAGLE3KIT_BLOCK_PLUGINS=name1,name2`` blocks plugins by entry-point name.
+* A plugin that fails to import (even with ``SystemExit``), implements a hook that does not
+  exist, or registers an invalid source is skipped with a warning naming it, its
+  distribution and its error; ``EAGLE3KIT_STRICT_PLUGINS=1`` makes that fatal.
+* ``EAGLE3KIT_BLOCK_PLUGINS=name1,name2`` blocks plugins by entry-point name: they are not
+  imported, but listed as blocked; a name that matches no plugin is warned about.
 * Two plugins registering one source name is an error naming both.
 
 Nothing is loaded at import time: :func:`load_registry` builds a fresh manager per call
@@ -26,13 +28,18 @@ import pluggy
 
 from eagle3kit import hookspecs
 from eagle3kit.errors import PluginError, UserError
-from eagle3kit.types import Source
+from eagle3kit.sourcespec import COMMON_OPTIONS
+from eagle3kit.types import HubRepo, Option, Source
 
 ENTRY_POINT_GROUP = "eagle3kit"
 STRICT_ENV = "EAGLE3KIT_STRICT_PLUGINS"
 BLOCK_ENV = "EAGLE3KIT_BLOCK_PLUGINS"
+#: The distribution recorded for a plugin passed to load_registry(extra_plugins=...).
+IN_PROCESS = "(registered in process)"
 #: What --source accepts as a source name (eagle3kit.sourcespec parses it).
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+#: What an option name may be (sourcespec splits NAME:k=v,k=v only before such a key).
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -68,17 +75,31 @@ class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     #: ``(plugin name, error text)`` for every plugin skipped because it failed.
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: The installed plugins not loaded because ``EAGLE3KIT_BLOCK_PLUGINS`` names them.
+    blocked: dict[str, PluginInfo] = field(default_factory=dict)
 
     def source(self, name: str) -> Source:
         """The source registered as ``name``, or a UserError listing the known ones."""
         try:
             return self.sources[name]
         except KeyError:
-            known = ", ".join(sorted(self.sources)) or "(none)"
+            pass
+        if name in self.blocked:  # blocked plugins are not imported: a plugin of the source's name is the owner
+            info = self.blocked[name]
             raise UserError(
-                f"unknown source {name!r}. Known sources: {known}. "
-                "Run `eagle3kit sources` to list them, or install the plugin that provides it."
-            ) from None
+                f"source {name!r} is not loaded: its plugin {name!r} ({info.distribution} {info.version}) is blocked "
+                f"by {BLOCK_ENV}. Remove {name!r} from {BLOCK_ENV} to use it."
+            )
+        failed = dict(self.failed)
+        if name in failed:
+            raise UserError(f"source {name!r} is not loaded: its plugin {name!r} failed to load ({failed[name]}). "
+                            "Upgrade or uninstall that plugin (`eagle3kit plugins` lists it).")
+        known = ", ".join(sorted(self.sources)) or "(none)"
+        blocked = f" Blocked plugins, which may provide it: {', '.join(sorted(self.blocked))}." if self.blocked else ""
+        raise UserError(
+            f"unknown source {name!r}. Known sources: {known}. "
+            f"Run `eagle3kit sources` to list them, or install the plugin that provides it.{blocked}"
+        )
 
     def converter_impl(self, name: str) -> pluggy.HookImpl:
         """The owning plugin's ``convert_to_unified`` implementation for source ``name``.
@@ -97,6 +118,54 @@ class Registry:
 
     def plugin_versions(self) -> dict[str, str]:
         return {name: f"{info.distribution} {info.version}" for name, info in sorted(self.plugins.items())}
+
+
+def _sources_problem(declared: list[Any]) -> str | None:
+    """What is wrong with what one plugin passed to ``register()``, or None."""
+    names: set[str] = set()
+    for source in declared:
+        problem = _source_problem(source, names)
+        if problem:
+            return problem
+        names.add(source.name)
+    return None
+
+
+def _source_problem(source: Any, taken: set[str]) -> str | None:
+    """What is wrong with one ``register()`` argument (``taken``: the plugin's source names
+    so far), or None."""
+    if not isinstance(source, Source):
+        return f"register() was given a {type(source).__name__}; pass an eagle3kit.Source"
+    name = source.name
+    if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+        return (f"it registers a source named {name!r}; a source name may hold only letters, digits, '_', '.' "
+                "and '-' (it is typed in --source NAME:key=value)")
+    if name in taken:
+        return f"it registers the source {name!r} twice"
+    if not isinstance(source.description, str):
+        return f"source {name!r}: description is a {type(source.description).__name__}; pass a str"
+    for what, kind in (("repos", HubRepo), ("options", Option)):
+        items = getattr(source, what)
+        if not isinstance(items, (tuple, list)):
+            return f"source {name!r}: {what} is a {type(items).__name__}; pass a tuple of eagle3kit.{kind.__name__}"
+        for i, item in enumerate(items):
+            if not isinstance(item, kind):
+                return f"source {name!r}: {what}[{i}] is a {type(item).__name__}; pass an eagle3kit.{kind.__name__}"
+    common = [o.name for o in COMMON_OPTIONS]
+    seen: set[str] = set()
+    for option in source.options:
+        if not isinstance(option.name, str) or not _OPTION_NAME.fullmatch(option.name):
+            return (f"source {name!r}: option name {option.name!r} is not a word of letters, digits and '_' "
+                    "(it is typed in --source NAME:key=value)")
+        if option.name in common:
+            return (f"source {name!r}: option {option.name!r} is one every source accepts "
+                    f"({', '.join(common)}); give the source's own option another name")
+        if option.name in seen:
+            return f"source {name!r}: option {option.name!r} is declared twice"
+        if not callable(option.parse):
+            return f"source {name!r}: option {option.name!r} has a parse that is not callable"
+        seen.add(option.name)
+    return None
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -123,17 +192,21 @@ def load_registry(
         strict = _env_flag(STRICT_ENV)
     if blocked is None:
         blocked = [b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()]
+    blocked = list(blocked)
     pm = make_plugin_manager()
     for name in blocked:
         pm.set_blocked(name)
     registry = Registry(pm=pm)
 
-    def fail(name: str, error: BaseException | str) -> None:
+    def fail(name: str, error: BaseException | str, info: PluginInfo) -> None:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if strict:
             raise PluginError(f"plugin {name!r} failed to load: {text}")
         registry.failed.append((name, text))
-        _warn(f"plugin {name!r} failed to load and is skipped ({text}). Set {STRICT_ENV}=1 to make this fatal.")
+        origin = "" if info.distribution == IN_PROCESS else (
+            f" It comes from {info.distribution} {info.version}: upgrade or uninstall it, or block it with "
+            f"{BLOCK_ENV}={name}.")
+        _warn(f"plugin {name!r} failed to load and is skipped ({text}).{origin} Set {STRICT_ENV}=1 to make this fatal.")
 
     candidates: list[tuple[str, Callable[[], Any], PluginInfo]] = []
     if entry_points:
@@ -143,54 +216,51 @@ def load_registry(
             candidates.append((ep.name, ep.load, info))
     for name, plugin in extra_plugins:
         version = str(getattr(plugin, "__version__", "") or "?")
-        candidates.append((name, (lambda p=plugin: p), PluginInfo(name, "(registered in process)", version)))
+        candidates.append((name, (lambda p=plugin: p), PluginInfo(name, IN_PROCESS, version)))
 
     for name, load, info in candidates:
         if pm.is_blocked(name):
+            registry.blocked.setdefault(name, info)
             continue
         if pm.has_plugin(name):
-            fail(name, "another plugin is already registered under this name")
+            fail(name, "another plugin is already registered under this name", info)
             continue
         try:
             plugin = load()
             pm.register(plugin, name=name)
-        except Exception as error:  # noqa: BLE001 - any import error of a plugin is reported
-            fail(name, error)
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - any import error of a plugin is reported
+            fail(name, error, info)
             continue
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as error:
             pm.unregister(name=name)
-            fail(name, f"{error} (hooks eagle3kit knows: {', '.join(_hook_names())})")
+            fail(name, f"{error} (hooks eagle3kit knows: {', '.join(_hook_names())})", info)
             continue
         registry.plugins[name] = info
+    known_names = sorted({name for name, _, _ in candidates})
+    for name in blocked:
+        if name not in known_names:
+            _warn(f"{BLOCK_ENV} names {name!r}, but no plugin is called that (the plugins are: "
+                  f"{', '.join(known_names) or '(none)'}); check the spelling.")
 
     owners: dict[str, str] = {}
     for name in list(registry.plugins):
         plugin = pm.get_plugin(name)
         others = [p for p in pm.get_plugins() if p is not plugin]
-        declared: list[Source] = []
-
-        def register(source: Source, _declared: list[Source] = declared, _plugin: str = name) -> None:
-            if not isinstance(source, Source):
-                raise PluginError(
-                    f"plugin {_plugin!r} called register() with {type(source).__name__}; pass an eagle3kit.Source"
-                )
-            if not _SOURCE_NAME.fullmatch(source.name or ""):
-                raise PluginError(
-                    f"plugin {_plugin!r} registers a source named {source.name!r}; a source name may hold only "
-                    "letters, digits, '_', '.' and '-' (it is typed in --source NAME:key=value)"
-                )
-            _declared.append(source)
-
+        declared: list[Any] = []  # checked once the hook returns
+        info = registry.plugins[name]
         try:
-            pm.subset_hook_caller("register_sources", remove_plugins=others)(register=register)
-        except Exception as error:  # noqa: BLE001 - a plugin failing here is skipped like one failing to import
+            register_sources = pm.subset_hook_caller("register_sources", remove_plugins=others)
+            register_sources(register=lambda source: declared.append(source))
+            problem = _sources_problem(declared)
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - skipped like a plugin failing to import
+            problem = error
+        if problem is not None:
             registry.plugins.pop(name)
             pm.unregister(name=name)
-            fail(name, error)
+            fail(name, problem, info)
             continue
-        info = registry.plugins[name]
         for source in declared:
             if source.name in owners:
                 first = owners[source.name]
@@ -200,7 +270,8 @@ def load_registry(
                     f"Uninstall one, or block one with {BLOCK_ENV}={name}."
                 )
             owners[source.name] = name
-            registry.sources[source.name] = replace(source, plugin=name, plugin_version=info.version)
+            registry.sources[source.name] = replace(source, repos=tuple(source.repos), options=tuple(source.options),
+                                                    plugin=name, plugin_version=info.version)
     return registry
 
 

@@ -19,12 +19,13 @@ the file size, nothing but a small index is written, and records of any shape su
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from eagle3kit.errors import UserError
 from eagle3kit.types import HubRepo, Source
@@ -51,6 +52,10 @@ class RawData:
     attempts: list[dict[str, str]] = field(default_factory=list)
     #: for JSON files: ``(path, size, mtime_ns)`` of each file the dataset's byte ranges point into
     files: tuple[tuple[str, int, int], ...] = ()
+    #: for a folder of JSON files: how to name a record's place, per file (``where`` for each)
+    file_where: tuple[str, ...] = ()
+    #: for a folder: which of its files were read, and why (a line for the log)
+    note: str = ""
 
     @property
     def is_raw_json(self) -> bool:
@@ -256,7 +261,10 @@ def _load_json_files(paths: list[str], cache_dir: Path):
         )
         with replacing(target) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for number, path in enumerate(paths):
-                index = _json_lines_index(path) if _is_json_lines(Path(path)) else _json_array_index(path)
+                lines = _is_json_lines(Path(path))
+                if lines:
+                    _refuse_one_object(path)
+                index = _json_lines_index(path) if lines else _json_array_index(path)
                 try:
                     for starts, lengths, locs in index:
                         columns = [pa.array([number] * len(starts), pa.int32()), pa.array(starts, pa.int64()),
@@ -294,44 +302,189 @@ def read_records(files: Sequence[tuple[str, int, int]], file_numbers, starts, le
 
 
 # --------------------------------------------------------------------------- local copies
-def load_local(source: Source, path: str, cache_dir: Path) -> RawData:
-    """Load a local copy of ``source``'s raw data from a file or folder."""
+#: Files of a Hub-like or ``save_to_disk`` folder that describe the data rather than hold it.
+_METADATA_FILES = frozenset({"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"})
+_DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def load_local(source: Source, path: str, cache_dir: Path, split: str | None = None,
+               files: Sequence[str] | None = None) -> RawData:
+    """Load a local copy of ``source``'s raw data from a file or folder.
+
+    In a folder, ``files`` (glob patterns on paths relative to it, or on file names)
+    picks the data files; without it, the files the source's repositories name
+    (``HubRepo.data_files``) when the folder holds some, else every data file. ``split``
+    picks the split of a parquet or ``save_to_disk`` folder. ``RawData.note`` says which
+    files were read.
+    """
     import datasets
 
     p = Path(path).expanduser()
+    opt = f"--source {source.name}:path={path}"
     if not p.exists():
-        raise UserError(f"--source {source.name}:path={path}: no such file or folder")
+        raise UserError(f"{opt}: no such file or folder")
     origin = str(p)
-    if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+    if not p.is_dir():
+        if split or files:
+            raise UserError(f"{opt}: split= and files= pick data in a folder; {origin} is one file")
+        return _load_file(source, p, opt, cache_dir)
+    if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+        if files:
+            raise UserError(f"{opt}: a save_to_disk folder is read whole; files= picks files of a folder of "
+                            ".json, .jsonl or .parquet files")
+        try:
             loaded = datasets.load_from_disk(str(p))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = _pick_split(source, loaded, origin)
-            return RawData(loaded, origin, f"{origin} row {{row}}")
-        files = sorted(
-            str(f) for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".jsonl") and not f.name.startswith(".")
-        )
-        parquet = sorted(str(f) for f in p.rglob("*.parquet"))
-        if parquet and not files:
-            split = source.repos[0].split if source.repos else "train"
-            loaded = datasets.load_dataset(str(p), split=split, cache_dir=str(cache_dir / "hub"))
-            return RawData(loaded, origin, f"{origin} row {{row}}")
-        if not files:
-            raise UserError(f"--source {source.name}:path={path}: the folder holds no .json, .jsonl or .parquet file")
-        dataset, indexed = _load_json_files(files, cache_dir)
-        return RawData(dataset, origin, f"{origin} record {{row}}", files=indexed)
+        except Exception as error:  # noqa: BLE001 - a damaged folder is the user's to fix
+            raise UserError(f"{opt}: cannot read this save_to_disk folder: {_one_line(error)}") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _pick_split(source, loaded, origin, split, opt)
+        elif split:
+            raise UserError(f"{opt}: the folder holds one dataset, not splits; leave out split={split}")
+        return RawData(loaded, origin, f"{origin} row {{row}}")
+    chosen, why = _data_files_in(source, p, files, opt)
+    parquet = [f for f in chosen if f.suffix == ".parquet"]
+    json_files = [f for f in chosen if f.suffix != ".parquet"]
+    if parquet and json_files:
+        raise UserError(f"{opt}: the folder holds both .parquet ({len(parquet)}) and .json/.jsonl ({len(json_files)}) "
+                        f"data files{why}: {_names(chosen, p)}; pick one kind with files=PATTERN")
+    note = f"source {source.name}: reading {len(chosen)} file(s) of {origin}{why}: {_names(chosen, p)}"
+    if parquet:
+        raw = _load_parquet_folder(source, p, parquet, split, opt, cache_dir)
+    elif split:
+        raise UserError(f"{opt}: split= picks a split of parquet or save_to_disk data; pick JSON files with files=")
+    else:
+        dataset, indexed = _load_json_files([str(f) for f in json_files], cache_dir)
+        wheres = tuple(f"{f} {'line' if _is_json_lines(f) else 'record'} {{loc}}" for f in json_files)
+        raw = RawData(dataset, origin, f"{origin} record {{row}}", files=indexed, file_where=wheres)
+    raw.note = note
+    return raw
+
+
+def _names(files: Sequence[Path], folder: Path, most: int = 5) -> str:
+    names = [f.relative_to(folder).as_posix() for f in files[:most]]
+    return ", ".join(names) + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
+def _patterns(data_files: Any) -> list[str]:
+    """The file patterns a ``HubRepo.data_files`` value names (a string, a list or a
+    ``{split: files}`` mapping)."""
+    if not data_files:
+        return []
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, Mapping):
+        return [q for v in data_files.values() for q in _patterns(v)]
+    return [q for v in data_files for q in _patterns(v)]
+
+
+def _matching(candidates: Sequence[Path], folder: Path, patterns: Sequence[str]) -> list[Path]:
+    def hit(f: Path) -> bool:
+        rel = f.relative_to(folder).as_posix()
+        return any(fnmatch.fnmatchcase(rel, q) or fnmatch.fnmatchcase(f.name, q) for q in patterns)
+
+    return [f for f in candidates if hit(f)]
+
+
+def _data_files_in(source: Source, folder: Path, files: Sequence[str] | None, opt: str) -> tuple[list[Path], str]:
+    """The data files of ``folder`` to read, and why those (for the log line)."""
+    candidates = sorted(
+        f for f in folder.rglob("*")
+        if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES and f.name not in _METADATA_FILES
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+    if not candidates:
+        raise UserError(f"{opt}: the folder holds no .json, .jsonl or .parquet file")
+    if files:
+        chosen = _matching(candidates, folder, files)
+        if not chosen:
+            raise UserError(f"{opt}: no data file matches files={','.join(files)}; the folder holds "
+                            f"{_names(candidates, folder, 10)}")
+        return chosen, f" (files={','.join(files)})"
+    for repo in source.repos:  # a copy of the Hub repository: the files the source reads there
+        chosen = _matching(candidates, folder, _patterns(repo.data_files))
+        if chosen:
+            return chosen, f" (the files {source.name} reads from {repo.repo_id})"
+    return candidates, ""
+
+
+def _load_parquet_folder(source: Source, folder: Path, parquet: list[Path], split: str | None, opt: str,
+                         cache_dir: Path) -> RawData:
+    """Parquet files in a folder: the split's files when their names or folders give
+    splits (the Hub layout, ``data/train_sft-00000-of-00001.parquet``), else all."""
+    import datasets
+
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    origin = str(folder)
+    try:  # the Hub's own rules for which file belongs to which split
+        by_split = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+        keep = {q.resolve() for q in parquet}
+        splits = {str(name): [f for f in found if Path(f).resolve() in keep]
+                  for name, found in by_split.items()}
+        splits = {name: found for name, found in splits.items() if found}
+    except Exception:  # noqa: BLE001 - no split layout: every file is the one split
+        splits = {}
+    if not splits or (len(splits) == 1 and not split):
+        chosen = [str(f) for f in parquet] if not splits else next(iter(splits.values()))
+    else:  # as for a save_to_disk folder: the split asked for, else the source's, else train
+        wanted = [split] if split else [r.split for r in source.repos] + ["train"]
+        found = [name for name in wanted if name in splits]
+        if not found:
+            raise UserError(f"{opt}: the folder holds the splits {', '.join(sorted(splits))}, not {wanted[0]!r}; "
+                            f"pick one with split=NAME")
+        chosen = splits[found[0]]
+    try:
+        loaded = datasets.load_dataset("parquet", data_files=chosen, split="train", cache_dir=str(cache_dir / "hub"))
+    except Exception as error:  # noqa: BLE001 - a damaged file is the user's to fix
+        raise UserError(f"{opt}: cannot read the parquet data in {origin}: {_one_line(_cause(error))}") from None
+    return RawData(loaded, origin, f"{origin} row {{row}}")
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The innermost cause: datasets wraps reading errors (``DatasetGenerationError``)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _load_file(source: Source, p: Path, opt: str, cache_dir: Path) -> RawData:
+    import datasets
+
+    origin = str(p)
     suffix = p.suffix.lower()
     if suffix in (".json", ".jsonl"):
         where = f"{origin} line {{loc}}" if _is_json_lines(p) else f"{origin} record {{loc}}"
         dataset, indexed = _load_json_files([str(p)], cache_dir)
         return RawData(dataset, origin, where, files=indexed)
     if suffix == ".parquet":
-        loaded = datasets.load_dataset("parquet", data_files=str(p), split="train", cache_dir=str(cache_dir / "hub"))
+        try:
+            loaded = datasets.load_dataset("parquet", data_files=str(p), split="train", cache_dir=str(cache_dir / "hub"))
+        except Exception as error:  # noqa: BLE001 - a damaged file is the user's to fix
+            raise UserError(f"{opt}: cannot read this parquet file: {_one_line(_cause(error))}") from None
         return RawData(loaded, origin, f"{origin} row {{row}}")
-    raise UserError(
-        f"--source {source.name}:path={path}: unsupported file type {suffix or '(none)'}; "
-        "give a .json, .jsonl or .parquet file, or a folder"
-    )
+    raise UserError(f"{opt}: unsupported file type {suffix or '(none)'}; give a .json, .jsonl or .parquet file, or a folder")
+
+
+def _refuse_one_object(path: str) -> None:
+    """Raise UserError when a file read as JSON lines is one JSON object over many lines
+    (``{"data": [...]}`` pretty-printed): every line would be a malformed record."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        json.loads(first)
+        return  # a record per line, as it should be
+    except ValueError:
+        pass
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            whole = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        return  # not one JSON document either: its bad lines are reported as records
+    keys = ", ".join(repr(k) for k in list(whole)[:5]) if isinstance(whole, dict) else ""
+    kind = "object" if isinstance(whole, dict) else type(whole).__name__
+    raise UserError(f"{path}: one JSON {kind} spread over many lines"
+                    f"{f' (keys {keys})' if keys else ''}, not a JSON array of records or JSON lines "
+                    "(one record per line); save the records as one of those")
 
 
 def _is_json_lines(p: Path) -> bool:
@@ -340,14 +493,18 @@ def _is_json_lines(p: Path) -> bool:
     return not head.startswith("[")
 
 
-def _pick_split(source: Source, loaded, origin: str):
+def _pick_split(source: Source, loaded, origin: str, split: str | None = None, opt: str = ""):
+    if split:
+        if split not in loaded:
+            raise UserError(f"{opt or origin}: the folder holds the splits {', '.join(loaded)}, not {split!r}")
+        return loaded[split]
     wanted = [r.split for r in source.repos] + ["train"]
-    for split in wanted:
-        if split in loaded:
-            return loaded[split]
+    for name in wanted:
+        if name in loaded:
+            return loaded[name]
     if len(loaded) == 1:
         return next(iter(loaded.values()))
-    raise UserError(f"{origin}: holds splits {', '.join(loaded)}; none is {wanted[0]!r}")
+    raise UserError(f"{origin}: holds splits {', '.join(loaded)}; none is {wanted[0]!r}; pick one with split=NAME")
 
 
 # --------------------------------------------------------------------------- the Hub
@@ -414,7 +571,7 @@ def load_raw(source: Source, options: dict[str, Any], cache_dir: Path, log: Call
     """Load ``source`` from ``options['path']`` when given, else from the Hub: the
     dataset ``options['repo']`` names, or else the source's own repositories."""
     if options.get("path"):
-        return load_local(source, options["path"], cache_dir)
+        return load_local(source, options["path"], cache_dir, options.get("split"), options.get("files"))
     if options.get("repo"):
         source = dataclasses.replace(source, repos=(option_repo(source, options),))
     return load_hub(source, cache_dir, log, load_dataset)

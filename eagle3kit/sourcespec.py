@@ -47,8 +47,9 @@ COMMON_OPTIONS = (
     Option("path", "a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub"),
     Option("repo", "another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's "
                    "own repositories", _hub_repo),
-    Option("split", "with repo: the split to read (default: the source's, else train)"),
-    Option("files", "with repo: read only these data files (names or glob patterns, comma-separated)", _file_patterns),
+    Option("split", "with repo, or path= a folder: the split to read (default: the source's, else train)"),
+    Option("files", "with repo, or path= a folder: read only these data files (names or glob patterns, "
+                    "comma-separated)", _file_patterns),
     Option("limit", "read only the first N raw records", _non_negative_int),
     Option("weight", "share of the final mix (relative to the other sources' weights)", _positive_float),
 )
@@ -109,7 +110,6 @@ def resolve_options(source: Source, spec: SourceSpec) -> dict[str, Any]:
     if "path" in seen and "repo" in seen:
         raise UserError(f"--source {spec.name}: give path (a local copy) or repo (a Hub dataset), not both")
     for key in ("split", "files"):
-        if key in seen and "repo" not in seen:
-            raise UserError(f"--source {spec.name}: option {key!r} goes with repo=ID (a Hub dataset); "
-                            "a local path= is read whole")
+        if key in seen and "repo" not in seen and "path" not in seen:
+            raise UserError(f"--source {spec.name}: option {key!r} goes with repo=ID (a Hub dataset) or path=FOLDER")
     return values

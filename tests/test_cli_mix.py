@@ -114,17 +114,18 @@ def test_sources_lists_plugin_version_repositories_and_options():
         "path: a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub\n"
         "repo: another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
         "repositories\n"
-        "split: with repo: the split to read (default: the source's, else train)\n"
-        "files: with repo: read only these data files (names or glob patterns, comma-separated)\n"
+        "split: with repo, or path= a folder: the split to read (default: the source's, else train)\n"
+        "files: with repo, or path= a folder: read only these data files (names or glob patterns, comma-separated)\n"
         "limit: read only the first N raw records\n"
         "weight: share of the final mix (relative to the other sources' weights)"
     )
     assert description == "UltraChat-200k: multi-turn dialogues written by ChatGPT (the SFT split)"
     source, plugin, repos, options, description = rows["sharegpt"]
     assert plugin == f"sharegpt\n{version}"
-    first, second = repos.split("\n")
+    first, second, third = repos.split("\n")
     assert first.startswith("anon8231489123/ShareGPT_Vicuna_unfiltered") and first.endswith("(ShareGPT_V3_unfiltered_cleaned_split.json)")
-    assert second.startswith("RyokoAI/ShareGPT52K") and second.endswith("(sg_90k_part1.json, sg_90k_part2.json)")
+    assert second.startswith("Aeala/ShareGPT_Vicuna_unfiltered")
+    assert third.startswith("RyokoAI/ShareGPT52K") and third.endswith("(sg_90k_part1.json, sg_90k_part2.json)")
 
 
 def test_plugins_lists_distributions_and_sources():
@@ -159,11 +160,12 @@ def test_strict_plugins_make_a_broken_plugin_fatal(fake_dist):
 
 def test_blocked_plugins_are_not_loaded(samples, tmp_path):
     result = invoke("plugins", env=only_builtins_env("sharegpt"))
-    assert result.exit_code == 0 and "sharegpt" not in result.stdout and "ultrachat\t" in result.stdout
+    assert result.exit_code == 0 and "ultrachat\t" in result.stdout and "sources: sharegpt" not in result.stdout
+    assert re.search(r"^sharegpt\teagle3kit \S+\tBLOCKED by EAGLE3KIT_BLOCK_PLUGINS$", result.stdout, re.M)
     result = invoke("mix", "--source", f"sharegpt:path={samples / 'sharegpt_sample.json'}", "--cache-dir", str(tmp_path),
                     env=only_builtins_env("sharegpt"))
     assert result.exit_code == 2
-    assert error(result).startswith("Error: unknown source 'sharegpt'. Known sources: ultrachat.")
+    assert error(result).startswith("Error: source 'sharegpt' is not loaded: its plugin 'sharegpt'")
 
 
 # --------------------------------------------------------------------------- mix
@@ -339,4 +341,47 @@ def test_example_plugin_through_its_real_entry_point(console_script, installed_e
     assert done.returncode == 2
     assert "Error: --source mydata: bad value 'maybe' for option 'followups'" in done.stderr and "expected yes or no" in done.stderr
     done = run_script(console_script, "plugins", env={**env, "EAGLE3KIT_BLOCK_PLUGINS": "mydata"})
-    assert "mydata" not in done.stdout
+    assert "mydata\teagle3kit-mydata 0.1.0\tBLOCKED by EAGLE3KIT_BLOCK_PLUGINS\n" in done.stdout
+    assert "sources: mydata" not in done.stdout
+
+
+_CTRL_C_PLUGIN = '''
+import os, signal
+from pathlib import Path
+from eagle3kit import Source, hookimpl
+
+@hookimpl
+def register_sources(register):
+    register(Source(name="ctrlc", description="presses Ctrl-C once its workers are converting"))
+
+@hookimpl
+def convert_to_unified(source, record):
+    if source != "ctrlc":
+        return None
+    flag = Path(os.environ["CTRLC_FLAG"])
+    if os.getpid() != int(os.environ["CTRLC_MAIN"]) and not flag.exists():
+        flag.write_text("pressed")
+        os.killpg(os.getpgid(0), signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C
+    return [{"from": "human", "value": "q " + record["id"]}, {"from": "gpt", "value": "a " + record["id"]}]
+'''
+
+
+def test_ctrl_c_during_a_multi_process_conversion_is_one_line(console_script, fake_dist, tmp_path):
+    # datasets' pool answers the interrupt with its own error (a TimeoutError over the
+    # KeyboardInterrupt) and each worker printed a traceback: now one line, status 130
+    site = fake_dist("eagle3kit-ctrlc", {"ctrlc": "ctrlc_mod"}, {"ctrlc_mod": _CTRL_C_PLUGIN})
+    write_jsonl(tmp_path / "raw.jsonl", [{"id": str(i)} for i in range(4000)])
+    out = tmp_path / "out"
+    args = [str(console_script), "mix", "--source", f"ctrlc:path={tmp_path / 'raw.jsonl'}", "--num-proc", "2",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, **WIDE, "PYTHONPATH": str(site), "EAGLE3KIT_BLOCK_PLUGINS": "", "CTRLC_FLAG": str(tmp_path / "flag")}
+    # the console script runs in its own process group, with the default Ctrl-C handling a
+    # terminal gives, and knows its pid (the plugin tells the workers from it)
+    launcher = ("import os, signal, sys; os.setsid(); signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.environ['CTRLC_MAIN'] = str(os.getpid()); os.execv(sys.argv[1], sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", launcher, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "flag").exists(), done.stderr
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("Interrupted. Files are written under temporary names")
+    assert not (out / "train.jsonl").exists() and not (out / "test.jsonl").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import eagle3kit
-from conftest import read_jsonl, sharegpt_record, ultrachat_record, write_json, write_jsonl
+from conftest import OTHER_PLUGINS, read_jsonl, sharegpt_record, ultrachat_record, write_json, write_jsonl
 from eagle3kit import HubRepo, Source, UserError, hookimpl, mix
 from eagle3kit.mix import apply_weights, default_num_proc, read_manifest, run_mix
 from eagle3kit.plugins import load_registry
@@ -400,6 +400,7 @@ def test_unknown_source_lists_the_known_ones(registry, tmp_path):
     assert str(info.value) == (
         "unknown source 'ultrachatt'. Known sources: sharegpt, ultrachat. "
         "Run `eagle3kit sources` to list them, or install the plugin that provides it."
+        + (f" Blocked plugins, which may provide it: {', '.join(OTHER_PLUGINS)}." if OTHER_PLUGINS else "")
     )
 
 
@@ -431,7 +432,25 @@ def test_nothing_left_is_an_error(registry, tmp_path):
     path = write_jsonl(tmp_path / "u.jsonl", [ultrachat_record(("user", "only a question"))])
     with pytest.raises(UserError) as info:
         do_mix(registry, tmp_path, f"ultrachat:path={path}")
-    assert str(info.value) == "no conversation is left after the clean-up rules; see the counts above and check the inputs"
+    assert str(info.value) == "no conversation is left after the clean-up rules: ultrachat: 1 read: 1 too short; check the inputs"
+
+
+def test_a_weighted_source_left_empty_is_named(registry, tmp_path, small):
+    # its share of nothing used to leave nothing of the others, with no source named
+    path = write_jsonl(tmp_path / "short.jsonl", [sharegpt_record(("human", "hi")), sharegpt_record(("human", "yo"), id="b")])
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"sharegpt:path={path},weight=1", f"ultrachat:path={small.ultra},weight=1")
+    assert str(info.value) == ("source sharegpt has no conversation left (2 read: 2 too short), and weight= makes every "
+                               "source a share of the mix, so nothing would be mixed; fix its input, or leave it out")
+
+
+def test_a_test_ratio_that_leaves_no_train_split_says_so(registry, tmp_path, small):
+    ui = RecordingUI()
+    manifest = do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},limit=2", test_ratio=0.8, ui=ui)
+    n = manifest["split"]["test"]
+    assert manifest["split"]["train"] == 0 and n > 0
+    assert ui.warnings == [f"{n} conversation(s) x --test-ratio 0.8 rounds to an empty train split; mix more data or "
+                           "lower --test-ratio"]
 
 
 # --------------------------------------------------------------------------- plugins in a mix

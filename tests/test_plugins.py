@@ -8,9 +8,12 @@ import types
 from importlib import metadata
 
 import pytest
+from click.testing import CliRunner
 
 import eagle3kit
+from conftest import OTHER_PLUGINS, only_builtins_env
 from eagle3kit import HubRepo, Option, RecordError, Source, UserError, hookimpl
+from eagle3kit.cli import cli
 from eagle3kit.errors import PluginError
 from eagle3kit.plugins import (
     BLOCK_ENV,
@@ -64,6 +67,7 @@ def test_builtin_sources_load_through_the_entry_points(registry):
     assert ultra.repos == (HubRepo("HuggingFaceH4/ultrachat_200k", split="train_sft"),)
     assert share.repos == (
         HubRepo("anon8231489123/ShareGPT_Vicuna_unfiltered", data_files="ShareGPT_V3_unfiltered_cleaned_split.json"),
+        HubRepo("Aeala/ShareGPT_Vicuna_unfiltered", data_files="ShareGPT_V4.3_unfiltered_cleaned_split.json"),
         HubRepo("RyokoAI/ShareGPT52K", data_files=("sg_90k_part1.json", "sg_90k_part2.json")),
     )
     assert registry.plugins["ultrachat"].distribution == "eagle3kit"
@@ -186,6 +190,7 @@ def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning(fake_dist, caps
     assert capsys.readouterr().err == (
         "eagle3kit: warning: plugin 'broken' failed to load and is skipped "
         "(ModuleNotFoundError: No module named 'no_such_module_for_eagle3kit'). "
+        "It comes from eagle3kit-broken 1.0: upgrade or uninstall it, or block it with EAGLE3KIT_BLOCK_PLUGINS=broken. "
         "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.\n"
     )
 
@@ -265,14 +270,10 @@ def test_register_must_be_given_a_source():
     wrong = types.ModuleType("wrong")
     wrong.register_sources = register_sources
     registry = load_registry(entry_points=False, extra_plugins=[("wrong", wrong)])
-    assert registry.failed == [
-        ("wrong", "PluginError: plugin 'wrong' called register() with dict; pass an eagle3kit.Source")
-    ]
+    assert registry.failed == [("wrong", "register() was given a dict; pass an eagle3kit.Source")]
     with pytest.raises(PluginError) as info:
         load_registry(entry_points=False, extra_plugins=[("wrong", wrong)], strict=True)
-    assert str(info.value) == (
-        "plugin 'wrong' failed to load: PluginError: plugin 'wrong' called register() with dict; pass an eagle3kit.Source"
-    )
+    assert str(info.value) == "plugin 'wrong' failed to load: register() was given a dict; pass an eagle3kit.Source"
 
 
 def test_a_source_name_must_be_usable_in_source_option():
@@ -280,7 +281,7 @@ def test_a_source_name_must_be_usable_in_source_option():
     assert registry.failed == [
         (
             "sp",
-            "PluginError: plugin 'sp' registers a source named 'my data'; a source name may hold only "
+            "it registers a source named 'my data'; a source name may hold only "
             "letters, digits, '_', '.' and '-' (it is typed in --source NAME:key=value)",
         )
     ]
@@ -323,9 +324,20 @@ def test_plugins_can_be_blocked_by_name(monkeypatch):
     assert "sharegpt" not in registry.plugins and "second" not in registry.plugins
     assert {"ultrachat", "a"} <= set(registry.sources) and "sharegpt" not in registry.sources and "b" not in registry.sources
     assert registry.failed == []
+    assert sorted(registry.blocked) == ["second", "sharegpt"]
+    assert registry.blocked["sharegpt"].distribution == "eagle3kit"
     with pytest.raises(UserError) as info:
         registry.source("sharegpt")
-    assert "unknown source 'sharegpt'" in str(info.value)
+    assert str(info.value) == (
+        f"source 'sharegpt' is not loaded: its plugin 'sharegpt' (eagle3kit {eagle3kit.__version__}) is blocked by "
+        "EAGLE3KIT_BLOCK_PLUGINS. Remove 'sharegpt' from EAGLE3KIT_BLOCK_PLUGINS to use it."
+    )
+    # a source whose plugin has another name: the blocked plugins are named as the possible providers
+    with pytest.raises(UserError) as info:
+        registry.source("b")
+    assert str(info.value).startswith("unknown source 'b'. Known sources: ")
+    assert str(info.value).endswith("or install the plugin that provides it. "
+                                    "Blocked plugins, which may provide it: second, sharegpt.")
 
 
 def test_a_plugin_name_taken_twice_skips_the_second():
@@ -334,17 +346,185 @@ def test_a_plugin_name_taken_twice_skips_the_second():
     assert registry.source("ultrachat").plugin_version == eagle3kit.__version__ and "dup" not in registry.sources
 
 
-def test_unknown_source_lists_the_known_ones(registry):
+def test_unknown_source_lists_the_known_ones():
+    registry = load_registry(entry_points=False, extra_plugins=[("u", ultrachat), ("g", sharegpt)])
     with pytest.raises(UserError) as info:
         registry.source("ultrachta")
-    text = str(info.value)
-    assert text.startswith("unknown source 'ultrachta'. Known sources: ")
-    assert "sharegpt" in text and "ultrachat" in text
-    assert text.endswith("Run `eagle3kit sources` to list them, or install the plugin that provides it.")
+    assert str(info.value) == (
+        "unknown source 'ultrachta'. Known sources: sharegpt, ultrachat. "
+        "Run `eagle3kit sources` to list them, or install the plugin that provides it."
+    )
     empty = load_registry(entry_points=False)
     with pytest.raises(UserError) as info:
         empty.source("x")
     assert str(info.value).startswith("unknown source 'x'. Known sources: (none).")
+
+
+# --------------------------------------------------------------------------- invalid sources, SystemExit, blocking
+def invoke(*args, env=None):
+    """The CLI in-process, seeing the built-in plugins and the fake ones (other installed plugins blocked)."""
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "400", **only_builtins_env(), **(env or {})},
+                              catch_exceptions=False)
+
+
+def sharegpt_mix(samples, tmp_path):
+    return ("mix", "--source", f"sharegpt:path={samples / 'sharegpt_sample.json'},limit=5",
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+
+
+HOOKS = (
+    "from eagle3kit import hookimpl, Source, Option, HubRepo\n"
+    "@hookimpl\n"
+    "def convert_to_unified(record):\n"
+    "    return []\n"
+    "@hookimpl\n"
+    "def register_sources(register):\n"
+)
+COMMON = "(path, repo, split, files, limit, weight)"
+
+
+@pytest.mark.parametrize(
+    "sources, problem",
+    [
+        ([Source(name="s", description=None)], "source 's': description is a NoneType; pass a str"),
+        ([Source(name="s", description="d", repos=("org/s",))], "source 's': repos[0] is a str; pass an eagle3kit.HubRepo"),
+        ([Source(name="s", description="d", repos="org/s")], "source 's': repos is a str; pass a tuple of eagle3kit.HubRepo"),
+        ([Source(name="s", description="d", options=("lang",))], "source 's': options[0] is a str; pass an eagle3kit.Option"),
+        ([Source(name="s", description="d", options=(Option("limit", "mine"),))],
+         f"source 's': option 'limit' is one every source accepts {COMMON}; give the source's own option another name"),
+        ([Source(name="s", description="d", options=(Option("my-opt", "x"),))],
+         "source 's': option name 'my-opt' is not a word of letters, digits and '_' (it is typed in --source NAME:key=value)"),
+        ([Source(name="s", description="d", options=(Option("lang", "a"), Option("lang", "b")))],
+         "source 's': option 'lang' is declared twice"),
+        ([Source(name="s", description="d", options=(Option("lang", "a", "str"),))],
+         "source 's': option 'lang' has a parse that is not callable"),
+        (["s", "t", "s"], "it registers the source 's' twice"),
+    ],
+)
+def test_a_plugin_registering_an_invalid_source_is_skipped(sources, problem):
+    extra = [("bad", plugin_module("bad", sources)), ("good", plugin_module("good", ["g"]))]
+    registry = load_registry(entry_points=False, extra_plugins=extra)
+    assert registry.failed == [("bad", problem)]
+    assert list(registry.sources) == ["g"] and list(registry.plugins) == ["good"] and not registry.pm.has_plugin("bad")
+    with pytest.raises(PluginError) as info:
+        load_registry(entry_points=False, extra_plugins=extra, strict=True)
+    assert str(info.value) == f"plugin 'bad' failed to load: {problem}"
+
+
+def test_source_lists_may_be_lists_and_are_stored_as_tuples():
+    source = Source(name="s", description="d", repos=[HubRepo("org/s")], options=[Option("lang", "language")])
+    registered = load_registry(entry_points=False, extra_plugins=[("p", plugin_module("p", [source]))]).source("s")
+    assert registered.repos == (HubRepo("org/s"),) and registered.options == (Option("lang", "language"),)
+
+
+def test_invalid_sources_of_installed_plugins_do_not_break_the_commands(fake_dist, samples, tmp_path):
+    fake_dist("eagle3kit-strrepo", {"strrepo": "strrepo_plugin"},
+              {"strrepo_plugin": HOOKS + "    register(Source(name='strrepo', description='d', repos=('org/strrepo',)))\n"})
+    fake_dist("eagle3kit-optclash", {"optclash": "optclash_plugin"},
+              {"optclash_plugin": HOOKS + "    register(Source(name='optclash', description='d', options=(Option('limit', 'mine'),)))\n"})
+    fake_dist("eagle3kit-dup", {"myplug": "dup_plugin"},
+              {"dup_plugin": HOOKS + "    register(Source(name='dup', description='d'))\n" * 2})
+    problems = {
+        "myplug": ("eagle3kit-dup", "it registers the source 'dup' twice"),
+        "optclash": ("eagle3kit-optclash", f"source 'optclash': option 'limit' is one every source accepts {COMMON}; "
+                                           "give the source's own option another name"),
+        "strrepo": ("eagle3kit-strrepo", "source 'strrepo': repos[0] is a str; pass an eagle3kit.HubRepo"),
+    }
+    warnings = [
+        f"eagle3kit: warning: plugin '{name}' failed to load and is skipped ({problem}). It comes from {dist} 1.0: "
+        f"upgrade or uninstall it, or block it with EAGLE3KIT_BLOCK_PLUGINS={name}. "
+        "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal."
+        for name, (dist, problem) in sorted(problems.items())
+    ]
+    for command in ("plugins", "sources"):
+        result = invoke(command)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.splitlines() == warnings
+        assert "sharegpt" in result.stdout and "ultrachat" in result.stdout
+    assert "".join(f"{name}\tFAILED: {problem}\n" for name, (_, problem) in sorted(problems.items())) in invoke("plugins").stdout
+    result = invoke(*sharegpt_mix(samples, tmp_path))
+    assert result.exit_code == 0, result.output
+    result = invoke("mix", "--source", f"optclash:path={samples / 'sharegpt_sample.json'},limit=5", "--cache-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: source 'optclash' is not loaded: its plugin 'optclash' failed to load ({problems['optclash'][1]}). "
+        "Upgrade or uninstall that plugin (`eagle3kit plugins` lists it)."
+    )
+
+
+def test_a_plugin_raising_systemexit_is_skipped(fake_dist, samples, tmp_path, capsys):
+    fake_dist("eagle3kit-exiter", {"exiter": "exiter_plugin"}, {"exiter_plugin": "raise SystemExit('needs libfoo >= 2')\n"})
+
+    @hookimpl
+    def register_sources(register):
+        raise SystemExit(3)
+
+    quitter = types.ModuleType("quitter")
+    quitter.register_sources = register_sources
+    registry = load_registry(extra_plugins=[("quitter", quitter)])
+    assert registry.failed == [("exiter", "SystemExit: needs libfoo >= 2"), ("quitter", "SystemExit: 3")]
+    assert {"ultrachat", "sharegpt"} <= set(registry.sources)
+    assert capsys.readouterr().err.splitlines() == [
+        "eagle3kit: warning: plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2). It comes from "
+        "eagle3kit-exiter 1.0: upgrade or uninstall it, or block it with EAGLE3KIT_BLOCK_PLUGINS=exiter. "
+        "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.",
+        "eagle3kit: warning: plugin 'quitter' failed to load and is skipped (SystemExit: 3). "
+        "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.",
+    ]
+    with pytest.raises(PluginError) as info:
+        load_registry(strict=True)
+    assert str(info.value) == "plugin 'exiter' failed to load: SystemExit: needs libfoo >= 2"
+    for command in ("plugins", "sources"):
+        result = invoke(command)
+        assert result.exit_code == 0, result.output
+        assert "plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2)" in result.stderr
+    assert "exiter\tFAILED: SystemExit: needs libfoo >= 2\n" in invoke("plugins").stdout
+    result = invoke(*sharegpt_mix(samples, tmp_path))
+    assert result.exit_code == 0, result.output
+
+
+def test_keyboard_interrupt_in_a_plugin_is_not_swallowed():
+    @hookimpl
+    def register_sources(register):
+        raise KeyboardInterrupt
+
+    module = types.ModuleType("interrupted")
+    module.register_sources = register_sources
+    with pytest.raises(KeyboardInterrupt):
+        load_registry(entry_points=False, extra_plugins=[("interrupted", module)])
+
+
+def test_blocked_plugins_are_listed_and_named_when_their_source_is_asked_for(samples, tmp_path):
+    env = {BLOCK_ENV: f"sharegpt,{','.join(OTHER_PLUGINS)}"}
+    result = invoke("plugins", env=env)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert f"sharegpt\teagle3kit {eagle3kit.__version__}\tBLOCKED by EAGLE3KIT_BLOCK_PLUGINS\n" in result.stdout
+    assert "sources: sharegpt" not in result.stdout and "ultrachat\teagle3kit" in result.stdout
+    result = invoke("sources", env=env)
+    assert result.exit_code == 0
+    assert f"plugin sharegpt (eagle3kit {eagle3kit.__version__}) is blocked by EAGLE3KIT_BLOCK_PLUGINS: its sources " \
+           "are not listed" in result.stdout
+    result = invoke(*sharegpt_mix(samples, tmp_path), env=env)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: source 'sharegpt' is not loaded: its plugin 'sharegpt' (eagle3kit {eagle3kit.__version__}) is blocked "
+        "by EAGLE3KIT_BLOCK_PLUGINS. Remove 'sharegpt' from EAGLE3KIT_BLOCK_PLUGINS to use it.\n"
+    )
+
+
+def test_a_blocked_name_that_matches_no_plugin_is_warned_about(capsys):
+    extra = [("first", plugin_module("first", ["a"])), ("second", plugin_module("second", ["b"]))]
+    registry = load_registry(entry_points=False, extra_plugins=extra, blocked=["secnod", "first"])
+    assert sorted(registry.sources) == ["b"] and list(registry.blocked) == ["first"]
+    assert capsys.readouterr().err == (
+        "eagle3kit: warning: EAGLE3KIT_BLOCK_PLUGINS names 'secnod', but no plugin is called that "
+        "(the plugins are: first, second); check the spelling.\n"
+    )
+    result = invoke("plugins", env={BLOCK_ENV: f"sharegtp,{','.join(OTHER_PLUGINS)}"})
+    assert result.exit_code == 0
+    assert result.stderr.startswith("eagle3kit: warning: EAGLE3KIT_BLOCK_PLUGINS names 'sharegtp', but no plugin is "
+                                    "called that (the plugins are: ")
+    assert "sharegpt, ultrachat" in result.stderr and "sharegpt\teagle3kit" in result.stdout
 
 
 # --------------------------------------------------------------------------- routing

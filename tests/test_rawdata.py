@@ -164,7 +164,8 @@ def test_load_save_to_disk_dataset_dict_picks_the_sources_split(tmp_path):
     assert rows(load_local(ULTRA, str(folder), tmp_path / "cache")) == RECORDS
     with pytest.raises(UserError) as info:
         load_local(LOCAL, str(folder), tmp_path / "cache")
-    assert str(info.value) == f"{folder}: holds splits test_sft, train_sft; none is 'train'"
+    assert str(info.value) == f"{folder}: holds splits test_sft, train_sft; none is 'train'; pick one with split=NAME"
+    assert rows(load_local(LOCAL, str(folder), tmp_path / "cache", split="test_sft")) == RECORDS[:1]
 
 
 def test_load_folder_of_json_files_in_name_order(tmp_path):
@@ -186,6 +187,96 @@ def test_load_folder_of_parquet_files(tmp_path):
     datasets.Dataset.from_list(RECORDS).to_parquet(str(folder / "train_sft-00000-of-00001.parquet"))
     raw = load_local(ULTRA, str(tmp_path / "pq"), tmp_path / "cache")
     assert not raw.is_raw_json and rows(raw) == RECORDS
+
+
+SHAREGPT = Source(name="sharegpt", description="d", repos=(
+    HubRepo("anon/ShareGPT", data_files="ShareGPT_V3_unfiltered_cleaned_split.json"),
+    HubRepo("mirror/ShareGPT", data_files=("sg_part1.json", "sg_part2.json")),
+))
+
+
+def test_a_copy_of_a_hub_repository_reads_the_files_the_source_names(tmp_path):
+    # the repository's other files (a subset, HTML versions) are not more records
+    folder = tmp_path / "snapshot"
+    write_json(folder / "ShareGPT_V3_unfiltered_cleaned_split.json", RECORDS)
+    write_json(folder / "ShareGPT_V3_unfiltered_cleaned_split_no_imsorry.json", RECORDS[:2])
+    write_json(folder / "HTML_cleaned_raw_dataset" / "sg_90k_part1_html_cleaned.json", RECORDS[1:])
+    raw = load_local(SHAREGPT, str(folder), tmp_path / "cache")
+    assert rows(raw) == RECORDS
+    assert raw.note == (f"source sharegpt: reading 1 file(s) of {folder} (the files sharegpt reads from anon/ShareGPT): "
+                        "ShareGPT_V3_unfiltered_cleaned_split.json")
+    # the fallback's files when the first repository's are not there
+    mirror = tmp_path / "mirror"
+    write_json(mirror / "sg_part2.json", RECORDS[2:])
+    write_json(mirror / "sg_part1.json", RECORDS[:2])
+    write_json(mirror / "other.json", RECORDS[:1])
+    assert rows(load_local(SHAREGPT, str(mirror), tmp_path / "cache")) == RECORDS
+    # files= picks, and says what there is when nothing matches
+    raw = load_local(SHAREGPT, str(folder), tmp_path / "cache", files=("HTML*",))
+    assert rows(raw) == RECORDS[1:] and "(files=HTML*)" in raw.note
+    with pytest.raises(UserError) as info:
+        load_local(SHAREGPT, str(folder), tmp_path / "cache", files=("nope*",))
+    assert str(info.value) == (
+        f"--source sharegpt:path={folder}: no data file matches files=nope*; the folder holds "
+        "HTML_cleaned_raw_dataset/sg_90k_part1_html_cleaned.json, ShareGPT_V3_unfiltered_cleaned_split.json, "
+        "ShareGPT_V3_unfiltered_cleaned_split_no_imsorry.json")
+
+
+def test_a_folder_of_json_files_names_each_records_file_and_line(tmp_path):
+    folder = tmp_path / "dump"
+    write_jsonl(folder / "b.jsonl", RECORDS[1:])
+    write_json(folder / "a.json", RECORDS[:1])
+    raw = load_local(LOCAL, str(folder), tmp_path / "cache")
+    assert raw.file_where == (f"{folder / 'a.json'} record {{loc}}", f"{folder / 'b.jsonl'} line {{loc}}")
+
+
+def test_parquet_folders_pick_a_split_and_ignore_the_dataset_description(tmp_path):
+    import datasets
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    datasets.Dataset.from_list(RECORDS[:2]).to_parquet(str(folder / "train.parquet"))
+    datasets.Dataset.from_list(RECORDS[2:]).to_parquet(str(folder / "test.parquet"))
+    (folder / "dataset_infos.json").write_text("{}", encoding="utf-8")  # a Hub repository's description
+    assert rows(load_local(ULTRA, str(folder), tmp_path / "cache")) == RECORDS[:2]  # no train_sft: train
+    assert rows(load_local(ULTRA, str(folder), tmp_path / "cache", split="test")) == RECORDS[2:]
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(folder), tmp_path / "cache", split="dev")
+    assert str(info.value) == (f"--source ultrachat:path={folder}: the folder holds the splits test, train, not 'dev'; "
+                               "pick one with split=NAME")
+    (folder / "extra.jsonl").write_text(json.dumps(RECORDS[0]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"holds both \.parquet \(2\) and \.json/\.jsonl \(1\) data files: extra.jsonl, "
+                                        r"test.parquet, train.parquet; pick one kind with files=PATTERN"):
+        load_local(ULTRA, str(folder), tmp_path / "cache")
+    assert rows(load_local(ULTRA, str(folder), tmp_path / "cache", files=("*.parquet",), split="test")) == RECORDS[2:]
+
+
+def test_unreadable_parquet_is_one_line(tmp_path):
+    (tmp_path / "bad.parquet").write_text("garbage", encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(tmp_path / "bad.parquet"), tmp_path / "cache")
+    assert str(info.value).startswith(f"--source ultrachat:path={tmp_path / 'bad.parquet'}: cannot read this parquet "
+                                      "file: ArrowInvalid: ")
+
+
+def test_split_and_files_do_not_apply_to_one_file(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", RECORDS)
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(path), tmp_path / "cache", split="test")
+    assert str(info.value) == f"--source ultrachat:path={path}: split= and files= pick data in a folder; {path} is one file"
+
+
+def test_one_pretty_printed_json_object_is_refused_not_read_as_lines(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": RECORDS, "version": 1}, indent=2), encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_local(ULTRA, str(path), tmp_path / "cache")
+    assert str(info.value) == (f"{path}: one JSON object spread over many lines (keys 'data', 'version'), not a JSON "
+                               "array of records or JSON lines (one record per line); save the records as one of those")
+    # JSON lines whose first line is broken are still read (that record is reported when converted)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("{broken\n" + json.dumps(RECORDS[0]) + "\n", encoding="utf-8")
+    assert len(load_local(ULTRA, str(lines), tmp_path / "cache").dataset) == 2
 
 
 def test_load_raw_uses_path_when_given_and_the_hub_otherwise(tmp_path):

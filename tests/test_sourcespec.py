@@ -78,8 +78,8 @@ def test_unknown_option_names_it_and_lists_what_is_accepted():
         "path (a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub), "
         "repo (another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
         "repositories), "
-        "split (with repo: the split to read (default: the source's, else train)), "
-        "files (with repo: read only these data files (names or glob patterns, comma-separated)), "
+        "split (with repo, or path= a folder: the split to read (default: the source's, else train)), "
+        "files (with repo, or path= a folder: read only these data files (names or glob patterns, comma-separated)), "
         "limit (read only the first N raw records), "
         "weight (share of the final mix (relative to the other sources' weights))"
     )
@@ -132,10 +132,8 @@ def test_repo_split_and_files_name_another_hub_dataset():
 
 @pytest.mark.parametrize("text, message", [
     ("ultrachat:path=x.json,repo=org/d", "--source ultrachat: give path (a local copy) or repo (a Hub dataset), not both"),
-    ("ultrachat:split=test", "--source ultrachat: option 'split' goes with repo=ID (a Hub dataset); a local path= is "
-                             "read whole"),
-    ("ultrachat:path=x.json,files=a.json", "--source ultrachat: option 'files' goes with repo=ID (a Hub dataset); a "
-                                           "local path= is read whole"),
+    ("ultrachat:split=test", "--source ultrachat: option 'split' goes with repo=ID (a Hub dataset) or path=FOLDER"),
+    ("ultrachat:files=a.json", "--source ultrachat: option 'files' goes with repo=ID (a Hub dataset) or path=FOLDER"),
     ("ultrachat:repo=org/d@", "--source ultrachat: bad value 'org/d@' for option 'repo'"),
     ("ultrachat:repo=@main", "--source ultrachat: bad value '@main' for option 'repo'"),
     ("ultrachat:repo=org/d,files=", "--source ultrachat: bad value '' for option 'files'"),

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from eagle3kit.errors import RecordError, UserError
+from eagle3kit.errors import RecordError, UserError, interrupts_in_main_only
 from eagle3kit.train.mask import tokenize_batch
 from eagle3kit.unified import validate_unified
 
@@ -127,20 +127,21 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
         raise cause from None
     if num_proc is None and len(raw) >= 20_000:
         num_proc = max(1, min(os.cpu_count() or 1, 16))
-    out = raw.map(
-        tokenize_batch, batched=True, batch_size=256, remove_columns=raw.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "max_len": max_len},
-        num_proc=num_proc if num_proc and num_proc > 1 else None,
-        new_fingerprint=fp, cache_file_name=str(cache / f"{fp}.arrow"),
-        features=datasets.Features({
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "loss_mask": datasets.Sequence(datasets.Value("int8")),
-            "truncated": datasets.Value("bool"),
-            "cut_mid_turn": datasets.Value("bool"),
-            "length": datasets.Value("int32"),
-            "error": datasets.Value("string"),
-        }),
-    )
+    with interrupts_in_main_only():  # Ctrl-C: one line, not a traceback per worker
+        out = raw.map(
+            tokenize_batch, batched=True, batch_size=256, remove_columns=raw.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "max_len": max_len},
+            num_proc=num_proc if num_proc and num_proc > 1 else None,
+            new_fingerprint=fp, cache_file_name=str(cache / f"{fp}.arrow"),
+            features=datasets.Features({
+                "input_ids": datasets.Sequence(datasets.Value("int32")),
+                "loss_mask": datasets.Sequence(datasets.Value("int8")),
+                "truncated": datasets.Value("bool"),
+                "cut_mid_turn": datasets.Value("bool"),
+                "length": datasets.Value("int32"),
+                "error": datasets.Value("string"),
+            }),
+        )
     import pyarrow.compute as pc
 
     table = out.data.table

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from eagle3kit.errors import quiet_worker_interrupts
 from eagle3kit.train.template import TemplateError, render, require_chat_template, to_messages
 
 
@@ -137,6 +138,7 @@ def tokenize_batch(batch: dict[str, list], *, tokenizer, max_len: int) -> dict[s
     no tokens and its reason in ``error`` (counted and named; the others go on)."""
     from jinja2.exceptions import TemplateError as JinjaError
 
+    quiet_worker_interrupts()
     out: dict[str, list] = {"input_ids": [], "loss_mask": [], "truncated": [], "cut_mid_turn": [], "length": [],
                             "error": []}
     for record_id, conversation in zip(batch["id"], batch["conversations"]):
