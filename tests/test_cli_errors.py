@@ -123,6 +123,11 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
     assert result.returncode == 2, message[-2000:]
     assert "no conversation keeps an answer token within --max-len 16" in message and "raise --max-len" in message
     assert "--eval-every 5 without --testpath" in message
+    # flex attention has no backward pass on a CPU: said at once, not a traceback after the target loads
+    result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--attention", "flex", "--dry-run", *TRAIN_ARGS])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in message, message[-2000:]
+    assert "Error: --attention flex needs a GPU (this run is on cpu)" in message
 
 
 def test_export_refuses_options_that_would_be_ignored(tmp_path):

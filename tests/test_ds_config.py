@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eagle3kit.errors import UserError
-from eagle3kit.train.ds_config import DEFAULT_DS_CONFIG, load_ds_config
+from eagle3kit.train.ds_config import DEFAULT_DS_CONFIG, ds_config_warnings, load_ds_config
 from eagle3kit.train.loop import TrainConfig
 
 
@@ -43,6 +43,26 @@ def test_a_users_config_keeps_its_choices(tmp_path, monkeypatch):
     assert ds["gradient_accumulation_steps"] == 4 and "train_batch_size" not in ds and ds["gradient_clipping"] == 0.5
     other = {"optimizer": {"type": "Lamb", "params": {"lr": "auto"}}}
     assert load_ds_config(write(tmp_path, other), TrainConfig(lr=2e-4), bf16=True)["optimizer"]["params"] == {"lr": 2e-4}
+
+
+def test_what_a_users_config_overrides_is_said(tmp_path):
+    # the reference trainer's config: lr 0 and its own warm-up/decay scheduler, fp16 "true"
+    reference = {"optimizer": {"type": "AdamW", "params": {"lr": 0}},
+                 "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 12000, "warmup_max_lr": 1e-4}}}
+    path = write(tmp_path, reference)
+    cfg = TrainConfig(lr=3e-4)
+    assert ds_config_warnings(path, load_ds_config(path, cfg, bf16=False), cfg) == [
+        f"--deepspeed-config {path}: its scheduler (WarmupDecayLR) sets the learning rate, so --lr 0.0003, "
+        "--warmup-ratio 0.015 and eagle3kit's warm-up then cosine decay are not used; remove \"scheduler\" to use them"]
+    path = write(tmp_path, {"optimizer": {"type": "AdamW", "params": {"lr": 1e-5}}})
+    assert ds_config_warnings(path, load_ds_config(path, cfg, bf16=False), cfg) == [
+        f"--deepspeed-config {path}: its optimizer's lr 1e-05 is the peak learning rate, not --lr 0.0003; "
+        "set \"lr\": \"auto\" to take --lr"]
+    path = write(tmp_path, {"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}})
+    assert ds_config_warnings(path, load_ds_config(path, cfg, bf16=False), cfg) == []
+    assert ds_config_warnings(None, load_ds_config(None, cfg, bf16=False), cfg) == []  # the packaged one
+    with pytest.raises(UserError, match=r"fp16 is not supported \(the draft trains in bfloat16 on a GPU"):
+        load_ds_config(write(tmp_path, {**reference, "fp16": {"enabled": "true"}}), cfg, bf16=False)
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -304,3 +304,16 @@ def test_a_step_that_saves_and_finds_a_best_writes_its_checkpoint_once(tmp_path,
     again = run_cli(args + ["--resume"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.readlink(tmp_path / "ck" / "best") == "step_4"
+
+
+def test_the_deepspeed_launcher_command_of_the_readme(tmp_path, tiny_target, mixed_data):
+    # `deepspeed --num_gpus N --module eagle3kit train ...` runs `python -m eagle3kit
+    # --local_rank=K train ...`: the option comes before the command
+    launcher = Path(sys.executable).parent / "deepspeed"
+    args = [str(launcher), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "eagle3kit",
+            *_train_args(tiny_target, mixed_data, tmp_path / "ck", tmp_path / "cache"), "--dry-run"]
+    done = subprocess.run(args, env={**os.environ, "WANDB_MODE": "disabled", "DS_ACCELERATOR": "cpu"}, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "No such option" not in done.stderr
+    assert "2 rank(s), " in done.stdout + done.stderr and "dry run: nothing trained" in done.stdout + done.stderr

@@ -43,6 +43,9 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
     for key in ("bf16", "fp16"):
         if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
             ds[key]["enabled"] = bf16 if key == "bf16" else False
+    if _enabled(ds.get("fp16")):  # the reference trainer's config has it
+        raise UserError(f"--deepspeed-config {source}: fp16 is not supported (the draft trains in bfloat16 on a GPU, "
+                        "float32 on a CPU, as --dtype says); set \"fp16\": {\"enabled\": false}, or \"auto\"")
     opt = ds.get("optimizer", {}).get("params", {})
     if opt.get("lr") == "auto":
         opt["lr"] = cfg.lr
@@ -55,6 +58,31 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
     if ds.get("gradient_clipping") == "auto":
         ds["gradient_clipping"] = 0.5
     return ds
+
+
+def _enabled(section: Any) -> bool:
+    """A DeepSpeed ``{"enabled": ...}`` section that is on (DeepSpeed reads ``"true"`` as on too)."""
+    if not isinstance(section, dict):
+        return False
+    value = section.get("enabled", False)
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def ds_config_warnings(path: str | None, ds: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """What a user's DeepSpeed config overrides of the command line, said before training."""
+    if not path:
+        return []
+    out = []
+    lr = ds.get("optimizer", {}).get("params", {}).get("lr")
+    if "scheduler" in ds:
+        kind = ds["scheduler"].get("type", "?") if isinstance(ds["scheduler"], dict) else "?"
+        out.append(f"--deepspeed-config {path}: its scheduler ({kind}) sets the learning rate, so --lr {cfg.lr:g}, "
+                   f"--warmup-ratio {cfg.warmup_ratio:g} and eagle3kit's warm-up then cosine decay are not used; "
+                   "remove \"scheduler\" to use them")
+    elif isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr != cfg.lr:
+        out.append(f"--deepspeed-config {path}: its optimizer's lr {lr:g} is the peak learning rate, not --lr "
+                   f"{cfg.lr:g}; set \"lr\": \"auto\" to take --lr")
+    return out
 
 
 def lr_lambda(total_steps: int, warmup: int):

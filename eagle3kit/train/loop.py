@@ -33,7 +33,7 @@ from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import TokenizedData, load_tokenized
 from eagle3kit.train.distributed import all_reduce_sum, gather_objects, init_distributed, rank0_first
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.ds_config import load_ds_config, lr_lambda
+from eagle3kit.train.ds_config import ds_config_warnings, load_ds_config, lr_lambda
 from eagle3kit.train.packing import MicroBatch, make_micro_batch, pack, shard_bins
 from eagle3kit.train.report import Reporter, final_table
 from eagle3kit.train.run_folder import (
@@ -340,6 +340,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
+    for warning in ds_config_warnings(cfg.deepspeed_config, ds_config, cfg):
+        quiet.warn(warning)
     accum = int(ds_config["gradient_accumulation_steps"])
     order = data_order(world, accum, cfg.max_tokens, cfg.max_len, cfg.seed, cfg.trainpath, cfg.chat_template_kwargs)
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
@@ -352,6 +354,9 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     backend = cfg.attention or default_backend(device)
+    if backend == "flex" and device.type != "cuda":
+        raise UserError(f"--attention flex needs a GPU (this run is on {device.type}): torch's flex attention has no "
+                        "backward pass there; leave --attention out (eager off GPU)")
     pad = cfg.pad_to_max_tokens if cfg.pad_to_max_tokens is not None else backend == "flex"
     pad_to = cfg.max_tokens if pad else None
 
