@@ -155,6 +155,10 @@ def resolve_draft(name: str | Path) -> Path:
             if runs:
                 raise UserError(f"{name} is a training run's folder; give one of its checkpoints: {' or '.join(runs)}")
         return path
+    for run in (path.parent, path.parent.parent):  # RUN/best or RUN/best/draft of a run that has no best
+        if path.relative_to(run).parts[:1] == ("best",) and (run / "latest" / "draft" / CONFIG).is_file():
+            raise UserError(f"{name}: {run} has no best checkpoint (a run keeps one only when it evaluates on "
+                            f"--testpath); give its latest: {run / 'latest' / 'draft'}")
     text = str(name)
     if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise UserError(f"{name}: no such draft folder; give a folder with config.json and the weights "

@@ -95,28 +95,31 @@ def _registry():
 @cli.command()
 def sources():
     """List every registered source with its plugin, version, repositories and options."""
-    from rich.console import Console
     from rich.table import Table
 
     from rich.markup import escape
 
-    from eagle3kit.sourcespec import source_options
+    from eagle3kit.sourcespec import COMMON_OPTIONS
+    from eagle3kit.ui import make_console
 
     registry = _registry()
     table = Table(title="eagle3kit sources", show_lines=True)
-    for col in ("source", "plugin", "repositories (fallback order)", "options", "description"):
-        table.add_column(col)
+    for col in ("source", "plugin", "repositories (fallback order)", "own options", "description"):
+        table.add_column(col, overflow="fold")  # ids and paths whole, however narrow the column
     for name, source in sorted(registry.sources.items()):
         info = registry.plugins[source.plugin]
         table.add_row(*(escape(cell) for cell in (
             name,
             f"{source.plugin}\n{info.distribution} {info.version}",
             "\n".join(r.describe() for r in source.repos) or "(local files only)",
-            "\n".join(f"{o.name}: {o.help}" for o in source_options(source)),
+            "\n".join(f"{o.name}: {o.help}" for o in source.options) or "-",
             source.description,
         )))
-    console = Console()
+    console = make_console()
     console.print(table)
+    console.print("Every source also accepts (--source NAME:key=value,...):", highlight=False)
+    for o in COMMON_OPTIONS:
+        console.print(f"  {o.name}: {o.help}", markup=False, highlight=False, soft_wrap=True)
     for name, error in registry.failed:
         console.print(f"[red]plugin {escape(name)} failed to load:[/red] {escape(error)}", highlight=False,
                       soft_wrap=True)

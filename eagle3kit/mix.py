@@ -186,6 +186,7 @@ def _load_sources(registry: Registry, specs: Sequence[SourceSpec], cache_dir: Pa
         source = registry.source(spec.name)
         options = resolve_options(source, spec)
         runs.append(SourceRun(source.name, source.plugin, source.plugin_version, options))
+    apply_weights([0] * len(runs), [run.options.get("weight") for run in runs])  # weights checked before any download
     for run in runs:
         source = registry.source(run.name)
         with ui.progress(f"loading {run.name}") as task:

@@ -7,8 +7,20 @@ default. Keeps Rich out of the algorithms.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Iterator
+
+
+def make_console(**kwargs):
+    """A Rich console as wide as the terminal, or 200 columns when the output is a file
+    (a log, a batch job's output), where Rich would cut tables at 80. COLUMNS wins."""
+    from rich.console import Console
+
+    console = Console(**kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200, **kwargs)
+    return console
 
 
 class UI:
@@ -161,9 +173,7 @@ class RichUI(UI):
             arrow_dataset.hf_tqdm = original
 
     def table(self, table: Any) -> None:
-        from rich.console import Console
-
-        Console().print(table)
+        make_console().print(table)
 
 
 class _RichTask(_Task):

@@ -105,19 +105,21 @@ def test_sources_lists_plugin_version_repositories_and_options():
     assert result.exit_code == 0
     rows = table_rows(result.stdout)
     assert list(rows) == ["source", "sharegpt", "ultrachat"]
-    assert rows["source"] == ["source", "plugin", "repositories (fallback order)", "options", "description"]
+    assert rows["source"] == ["source", "plugin", "repositories (fallback order)", "own options", "description"]
     version = f"eagle3kit {eagle3kit.__version__}"
     source, plugin, repos, options, description = rows["ultrachat"]
     assert plugin == f"ultrachat\n{version}"
     assert repos.startswith("HuggingFaceH4/ultrachat_200k")
-    assert options == (
-        "path: a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub\n"
-        "repo: another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
+    assert options == "-"  # the options every source accepts are listed once, after the table
+    assert result.stdout.split("┘\n", 1)[1].startswith(
+        "Every source also accepts (--source NAME:key=value,...):\n"
+        "  path: a local copy in the source's raw format (.json, .jsonl, .parquet, or a folder), used instead of the Hub\n"
+        "  repo: another Hub dataset in the source's raw format, ID or ID@REVISION, used instead of the source's own "
         "repositories\n"
-        "split: with repo, or path= a folder: the split to read (default: the source's, else train)\n"
-        "files: with repo, or path= a folder: read only these data files (names or glob patterns, comma-separated)\n"
-        "limit: read only the first N raw records\n"
-        "weight: share of the final mix (relative to the other sources' weights)"
+        "  split: with repo, or path= a folder: the split to read (default: the source's, else train)\n"
+        "  files: with repo, or path= a folder: read only these data files (names or glob patterns, comma-separated)\n"
+        "  limit: read only the first N raw records\n"
+        "  weight: share of the final mix (relative to the other sources' weights)\n"
     )
     assert description == "UltraChat-200k: multi-turn dialogues written by ChatGPT (the SFT split)"
     source, plugin, repos, options, description = rows["sharegpt"]

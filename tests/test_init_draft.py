@@ -84,6 +84,14 @@ def test_load_draft_names_missing_weights_and_folders(trained_run, tmp_path, tin
         resolve_draft(trained_run)
     with pytest.raises(UserError, match="no such draft folder"):
         resolve_draft(tmp_path / "nowhere")
+    # a run without --testpath keeps no best: its latest is named
+    (tmp_path / "run" / "latest" / "draft").mkdir(parents=True)
+    (tmp_path / "run" / "latest" / "draft" / "config.json").write_text("{}")
+    for asked in (tmp_path / "run" / "best", tmp_path / "run" / "best" / "draft"):
+        with pytest.raises(UserError) as error:
+            resolve_draft(asked)
+        assert str(error.value) == (f"{asked}: {tmp_path / 'run'} has no best checkpoint (a run keeps one only when it "
+                                    f"evaluates on --testpath); give its latest: {tmp_path / 'run' / 'latest' / 'draft'}")
     with pytest.raises(UserError) as error:  # the tests run with HF_HUB_OFFLINE=1
         resolve_draft("someone/no-such-draft")
     assert "Hugging Face Hub" in str(error.value) and "download it" in str(error.value)

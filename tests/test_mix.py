@@ -248,8 +248,9 @@ def test_weights_sample_each_source_to_its_share(registry, tmp_path):
 
 
 def test_weight_on_one_source_only_is_an_error(registry, tmp_path, small):
+    # said before any source is read (a Hub source would download first)
     with pytest.raises(UserError, match="give weight= to every --source or to none"):
-        do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},weight=2", f"sharegpt:path={small.share}")
+        do_mix(registry, tmp_path, f"ultrachat:path={small.ultra},weight=2", f"sharegpt:path={tmp_path / 'absent'}")
 
 
 # --------------------------------------------------------------------------- malformed input

@@ -129,6 +129,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target,
     cache = tmp_path / "cache"
     whole = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "whole", cache))
     assert whole.returncode == 0, whole.stderr[-3000:]
+    said = " ".join((whole.stdout + whole.stderr).split())  # no --testpath: where the draft is, and why no best
+    assert f"draft: {tmp_path / 'whole' / 'latest' / 'draft'} (no test split, so no best checkpoint" in said
 
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

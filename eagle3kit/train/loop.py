@@ -296,10 +296,13 @@ def dry_run(cfg: TrainConfig, data: Prepared, plan: Plan, start, world: int, ker
     """``train --dry-run``: the plan from the target's config alone (no weights read)."""
     from transformers import AutoConfig
 
+    from eagle3kit.hub import hub_kwargs, unreachable_note
+
     try:
-        config = AutoConfig.from_pretrained(cfg.basepath)
+        config = AutoConfig.from_pretrained(cfg.basepath, **hub_kwargs(cfg.basepath))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the config of the target {cfg.basepath!r}: {first_line(error)}") from None
+        raise UserError(f"cannot load the config of the target {cfg.basepath!r}: "
+                        f"{first_line(error)}{unreachable_note(cfg.basepath)}") from None
     draft_config = start.config if start is not None else draft_config_for(config, len(data.draft_ids), cfg)
     log_plan(ui, cfg, data, plan, draft_config, world, kernels, pad)
     ui.log("dry run: nothing trained, nothing saved")

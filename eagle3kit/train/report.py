@@ -26,13 +26,15 @@ class Reporter:
             mode = os.environ.get("WANDB_MODE")
             if not mode and not os.environ.get("WANDB_API_KEY") and not _wandb_logged_in():
                 mode = "offline"
-                ui.log("wandb: no API key found, logging offline under ./wandb (upload later with `wandb sync`)")
+                ui.log(f"wandb: no API key found, logging offline under {savedir / 'wandb'} "
+                       f"(upload later with `wandb sync {savedir / 'wandb'}/offline-run-*`)")
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "eagle3kit"), name=cfg.run_name,
                                   config=asdict(cfg), mode=mode, dir=str(savedir))
         elif kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(savedir / "runs"))
+            ui.log(f"tensorboard: logging under {savedir / 'runs'} (`tensorboard --logdir {savedir / 'runs'}`)")
         elif kind != "none":
             raise UserError(f"--report-to {kind}: choose wandb, tensorboard or none")
 
@@ -61,7 +63,8 @@ def _wandb_logged_in() -> bool:
 def final_table(ui: UI, progress: Progress, savedir: Path) -> None:
     from rich.table import Table
 
-    if not progress.history:
+    if not progress.history:  # no --testpath: no figures, no best; the draft is the latest
+        ui.log(f"draft: {savedir / LATEST / 'draft'} (no test split, so no best checkpoint: give --testpath for one)")
         return
     last = progress.history[-1]
     table = Table(title=f"draft after {progress.step} steps: test split")

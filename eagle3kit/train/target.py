@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from eagle3kit.errors import UserError, first_line
+from eagle3kit.hub import hub_kwargs, unreachable_note
 from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal_mask, flex_block_mask,
                                        register_target_flex)
 from eagle3kit.train.draft import text_config
@@ -35,9 +36,9 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
         reason = "no such folder"
     else:
         reason = first_line(error).rstrip(".")
-    return UserError(f"cannot load {what} {path!r}: {reason}. Give a local folder with config.json, the tokenizer "
-                     "and weights, or a Hub id (set HF_TOKEN for gated models; HF_HUB_OFFLINE=1 uses the local "
-                     "cache only).")
+    return UserError(f"cannot load {what} {path!r}: {reason}.{unreachable_note(path)} Give a local folder with "
+                     "config.json, the tokenizer and weights, or a Hub id (set HF_TOKEN for gated models; "
+                     "HF_HUB_OFFLINE=1 uses the local cache only).")
 
 
 def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any] | None = None):
@@ -49,7 +50,7 @@ def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any]
     from eagle3kit.train.template import require_chat_template, with_template_kwargs
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     except (OSError, ValueError) as error:
         raise _load_error("the tokenizer of", path, error) from None
     if chat:
@@ -66,7 +67,7 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
     parallelism (:mod:`eagle3kit.train.target_parallel`)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **hub_kwargs(path)}
     if attn_implementation == TARGET_FLEX:
         register_target_flex()
     if attn_implementation:

@@ -1,0 +1,59 @@
+"""Reaching the Hugging Face Hub for a target given by its id.
+
+When the Hub cannot be reached (no network, DNS down, a firewall), ``huggingface_hub``
+retries each request for about 50 s, printing "Retrying in 8s" lines, before the error.
+:func:`hub_kwargs` probes the endpoint once per process (a TCP connection, 5 s at most)
+and, when it is unreachable, asks ``from_pretrained`` for the local cache only: a cached
+model loads at once, and a missing one fails at once, with :func:`unreachable_note`
+saying why. Nothing is probed with ``HF_HUB_OFFLINE`` set (the cache only already), behind
+a proxy (a direct connection would fail where the proxy works), or for local folders.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def is_hub_id(path: str) -> bool:
+    """``org/name`` that is not a local path."""
+    text = str(path)
+    return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hub's endpoint cannot be reached (``"huggingface.co:443: Name or service
+    not known"``), or None when it can, or when that is not ours to decide."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        return f"{host}:{port}: {error.strerror or error}"
+    return None
+
+
+def hub_kwargs(path: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments for ``path``: the local cache only when it is a Hub
+    id and the Hub cannot be reached."""
+    return {"local_files_only": True} if is_hub_id(path) and hub_unreachable() else {}
+
+
+def unreachable_note(path: str) -> str:
+    """What to add to a loading error about ``path`` when the Hub could not be reached."""
+    if not is_hub_id(path):
+        return ""
+    why = hub_unreachable()
+    return f" The Hugging Face Hub cannot be reached ({why}), so only the local cache was looked in." if why else ""
