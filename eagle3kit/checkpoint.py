@@ -19,9 +19,11 @@ The exporters and the checker (``eagle3kit export``) live in :mod:`eagle3kit.exp
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +170,52 @@ def resolve_draft(name: str | Path) -> Path:
 
         return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.pt"]))
     except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: all the user's to fix
-        first = first_line(error)
-        raise UserError(f"{name}: not a local folder, and fetching it from the Hugging Face Hub failed ({first}); "
-                        "download it (huggingface-cli download) and pass the folder") from None
+        first, cause = first_line(error), hub_failure(error)
+        download = f"(`hf download {text} --local-dir DIR`) and pass the folder"
+        if cause == "network":
+            why = (f"the Hugging Face Hub could not be reached ({first}); check the connection (and that "
+                   f"HF_HUB_OFFLINE is not set), or download it where the Hub can be reached {download}")
+        elif cause == "auth":
+            why = (f"the Hugging Face Hub refused access to it ({first}); log in with an account that may read it "
+                   "(`hf auth login` or HF_TOKEN; a gated model's page asks you to accept its terms first)")
+        elif cause == "missing":
+            why = (f"the Hugging Face Hub has no such repository ({first}); check the name (a private one needs "
+                   "`hf auth login` or HF_TOKEN)")
+        else:
+            why = f"fetching it from the Hugging Face Hub failed ({first}); download it {download}"
+        raise UserError(f"{name}: not a local folder, and {why}") from None
+
+
+#: Exception class names (any library: requests, httpx, huggingface_hub, the builtins) that mean
+#: the Hub could not be reached, as against refused.
+_NETWORK_ERRORS = {"ConnectionError", "ConnectError", "ConnectTimeout", "NetworkError", "TimeoutException", "Timeout",
+                   "TimeoutError", "ProxyError", "OfflineModeIsEnabled"}
+_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                   errno.ENETDOWN, errno.ETIMEDOUT}
+
+
+def hub_failure(error: BaseException) -> str | None:
+    """What made a Hugging Face Hub call fail, looking through the errors it wraps: ``"network"``
+    (no connection, DNS, a timeout, offline mode), ``"auth"`` (not logged in or no access: 401,
+    403, a gated repository, no token), ``"missing"`` (no such repository), or None."""
+    seen: set[int] = set()
+    cached_only = False  # huggingface_hub's "not in the cache, and the Hub gave nothing": why, if a cause says
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        names = {kind.__name__ for kind in type(error).__mro__}
+        cached_only = cached_only or "LocalEntryNotFoundError" in names
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if names & {"GatedRepoError", "LocalTokenNotFoundError"}:
+            return "auth"
+        if "RepositoryNotFoundError" in names:
+            return "missing"
+        if status in (401, 403):
+            return "auth"
+        code = getattr(error, "errno", None)
+        if names & _NETWORK_ERRORS or isinstance(error, socket.gaierror) or code in _NETWORK_ERRNOS:
+            return "network"
+        error = error.__cause__ or error.__context__
+    return "network" if cached_only else None
 
 
 def load_draft(path: str | Path, device=None, dtype=None):

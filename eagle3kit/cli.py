@@ -381,9 +381,11 @@ def eval_(**options):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder to write.")
 @click.option("--basepath", default=None,
               help="The target model: its name is recorded as the speculators verifier; a local folder (or a cached "
-                   "Hub id) is also compared with the draft (sizes, vocabulary, rope, max positions).")
-@click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Draft length recorded in the speculators format.")
+                   "Hub id) is also compared with the draft (sizes, vocabulary, rope, max positions). Default: the "
+                   "target the draft records.")
+@click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=None,
+              help="Draft tokens per pass in the serve command and the speculators format. Default: the "
+                   "--eval-report's --steps, else 5.")
 @click.option("--check", "check_only", is_flag=True, help="Only validate DRAFT_DIR and name each problem.")
 @click.option("--eval-report", type=click.Path(dir_okay=False), default=None,
               help="An `eagle3kit eval --json` report whose acceptance figures go into the model card (README.md).")

@@ -387,9 +387,40 @@ def test_eval_warns_when_prompts_are_rendered_otherwise_than_the_draft_was_train
             "rendered with {}: pass the same to measure it as trained") in text
     same = CliRunner().invoke(cli, [*base, "--chat-template-kwargs", '{"enable_thinking": false}'])
     assert same.exit_code == 0 and "trained with --chat-template-kwargs" not in same.output
+    other = CliRunner().invoke(cli, [*base, "--chat-template-kwargs", '{"enable_thinking": true}'])
+    assert other.exit_code == 0, other.output
+    assert ("the draft was trained with --chat-template-kwargs '{\"enable_thinking\": false}'; these prompts are "
+            "rendered with {\"enable_thinking\": true}: pass the same to measure it as trained"
+            ) in " ".join(other.output.split())
+    # and the other way round: a draft trained without them, measured with them
+    plain = base[:4] + [str(trained_run / "best" / "draft")] + base[5:]
+    added = CliRunner().invoke(cli, [*plain, "--chat-template-kwargs", '{"enable_thinking": false}'])
+    assert added.exit_code == 0, added.output
+    assert ("the draft was trained without --chat-template-kwargs; these prompts are rendered with "
+            "'{\"enable_thinking\": false}': drop them to measure it as trained") in " ".join(added.output.split())
+    as_trained = CliRunner().invoke(cli, plain)
+    assert as_trained.exit_code == 0 and "--chat-template-kwargs" not in as_trained.output
     card = " ".join(model_card(config, "sglang", str(draft), None, 5).split())
     assert ("chat template kwargs: `{\"enable_thinking\": false}`, so send the same `chat_template_kwargs` when serving"
             in card)
+
+
+def test_only_drafts_that_record_how_they_were_trained_are_compared():
+    from eagle3kit.eval.run import template_difference
+
+    thinking = {"enable_thinking": False}
+    trainer = {"step": 50, "ttt_length": 7}  # what eagle3kit's trainer records, kwargs only when given
+    assert template_difference(trainer, None) is None and template_difference(trainer, {}) is None
+    assert template_difference(trainer, thinking) == ("the draft was trained without --chat-template-kwargs; these "
+                                                      "prompts are rendered with '{\"enable_thinking\": false}': drop "
+                                                      "them to measure it as trained")
+    assert template_difference({**trainer, "chat_template_kwargs": thinking}, thinking) is None
+    assert template_difference({**trainer, "chat_template_kwargs": thinking}, {"enable_thinking": True}) == (
+        "the draft was trained with --chat-template-kwargs '{\"enable_thinking\": false}'; these prompts are rendered "
+        "with {\"enable_thinking\": true}: pass the same to measure it as trained")
+    # a draft trained elsewhere (or exported from one) says nothing about its prompts
+    assert template_difference({}, thinking) is None
+    assert template_difference({"version": "0.1.0", "draft_config": {}}, thinking) is None
 
 
 def test_source_of_reads_mixed_record_ids():

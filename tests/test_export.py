@@ -389,8 +389,11 @@ def test_export_refuses_a_broken_draft_and_foreign_out(draft_dir, tmp_path):
     with pytest.raises(UserError, match="not written by eagle3kit export"):
         export_draft(draft_dir, "vllm", foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
-    with pytest.raises(UserError, match="--basepath"):
-        export_draft(draft_dir, "speculators", tmp_path / "spec")
+    anonymous = save_draft(make_draft(target_model=""), tmp_path / "anonymous")  # no target recorded
+    with pytest.raises(UserError) as error:
+        export_draft(anonymous, "speculators", tmp_path / "spec")
+    assert str(error.value) == ("--to speculators needs --basepath TARGET: the speculators config names the verifier "
+                                "(the model `vllm serve OUT` serves), and this draft does not record its target")
     with pytest.raises(UserError, match="draft folder itself"):
         export_draft(draft_dir, "vllm", draft_dir)
     # An export of its own is replaced.
@@ -639,7 +642,8 @@ def test_cli_check_and_export(draft_dir, tmp_path):
     assert (out / WEIGHTS).is_file() and "--speculative-config" in result.stdout and '"eagle3"' in result.stdout
     assert set(load_file(str(out / WEIGHTS))) == set(REQUIRED_KEYS)
 
-    result = invoke("export", str(draft_dir), "--to", "speculators", "--out", str(tmp_path / "spec"))
+    result = invoke("export", str(save_draft(make_draft(target_model=""), tmp_path / "anonymous")), "--to",
+                    "speculators", "--out", str(tmp_path / "spec"))
     assert result.exit_code == 2 and "--basepath" in result.stderr
     result = invoke("export", str(broken), "--to", "sglang", "--out", str(tmp_path / "sg"))
     assert result.exit_code == 2 and "lm_head.weight" in result.stderr
@@ -743,3 +747,211 @@ def test_weights_are_readable_by_the_server_s_user(draft_dir, tmp_path):
         os.umask(old)
     for path in (folder / "model.safetensors", draft / "model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# --------------------------------------------------------------------------------------------
+# Where the target is, how many tokens to draft, and the Hub
+
+
+def test_a_local_target_is_written_as_an_absolute_path_and_the_card_names_only_hub_ids(draft_dir, tmp_path,
+                                                                                       monkeypatch):
+    """`vllm serve` and the card's commands run from other folders; the Hub takes only model ids as base_model."""
+    monkeypatch.chdir(tmp_path)
+    folder = write_target(tmp_path / "models" / "target")
+    here = str(folder.resolve())
+    out, warnings, _ = export_draft(draft_dir, "speculators", "spec", basepath="models/target")
+    assert warnings == []
+    assert json.loads((out / CONFIG).read_text())["speculators_config"]["verifier"]["name_or_path"] == here
+    assert json.loads((out / MARKER).read_text())["basepath"] == here
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\ntags:\n- eagle3\n")  # no base_model: a local folder is no Hub id
+    assert f"\n# EAGLE-3 draft for {here}\n" in card
+    assert (f"A one-layer EAGLE-3 draft model for speculative decoding with the target model in `{here}`, in the "
+            "vLLM (speculators) layout;") in card
+    assert f"```bash\nvllm serve {(tmp_path / 'spec').resolve()}\n```" in card
+
+    # a local copy of a Hub model (its config.json records where it came from): that id is the base_model
+    config = json.loads((folder / CONFIG).read_text())
+    (folder / CONFIG).write_text(json.dumps({**config, "_name_or_path": "meta-llama/Llama-3.1-8B-Instruct"}))
+    result = invoke("export", str(draft_dir), "--to", "sglang", "--out", "sg", "--basepath", "models/target")
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "sg" / "README.md").read_text()
+    assert card.startswith("---\nbase_model: meta-llama/Llama-3.1-8B-Instruct\ntags:\n")
+    assert "\n# EAGLE-3 draft for meta-llama/Llama-3.1-8B-Instruct\n" in card
+    assert f"with `meta-llama/Llama-3.1-8B-Instruct` (the local copy in `{here}`), in the SGLang layout;" in card
+    serve = (f"python -m sglang.launch_server --model-path {here} --speculative-algorithm EAGLE3 "
+             f"--speculative-draft-model-path {(tmp_path / 'sg').resolve()} --speculative-num-steps 5")
+    assert serve in card and serve in result.stdout
+    # a path that is not here is no Hub id either
+    out, warnings, _ = export_draft(draft_dir, "vllm", "v", basepath="./elsewhere/target")
+    assert (out / "README.md").read_text().startswith("---\ntags:\n")
+    find(warnings, "--basepath", "warning", text="no local folder")
+
+
+def test_export_takes_the_recorded_target_and_trusts_positions_the_trainer_took_from_it(tmp_path):
+    short = save_draft(make_draft(max_position_embeddings=4096), tmp_path / "short")  # trained for tiny/target
+    assert check_draft(short) == []  # the trainer copied the target's 4096: nothing to warn about
+    out, warnings, notes = export_draft(short, "sglang", tmp_path / "sg")
+    assert warnings == []
+    assert notes == ["--basepath not given: using the target the draft records, tiny/target (not a folder here nor "
+                     "in the Hugging Face cache, so not compared with the draft; if it is a local folder, give "
+                     "--basepath with its path)"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: tiny/target\n") and "--model-path tiny/target " in card
+    out, warnings, _ = export_draft(short, "speculators", tmp_path / "spec")  # no --basepath needed
+    assert warnings == []
+    assert json.loads((out / CONFIG).read_text())["speculators_config"]["verifier"]["name_or_path"] == "tiny/target"
+    result = invoke("export", str(short), "--to", "vllm", "--out", str(tmp_path / "cli"))
+    assert result.exit_code == 0, result.output
+    assert "max_position_embeddings" not in result.stdout and "--basepath not given" in result.stdout
+
+    # a target recorded as a local folder is compared with the draft
+    target = write_target(tmp_path / "target", max_position_embeddings=4096)
+    local = save_draft(make_draft(max_position_embeddings=4096, target_model=str(target)), tmp_path / "local")
+    out, warnings, notes = export_draft(local, "speculators", tmp_path / "spec2")
+    assert warnings == []
+    assert notes == [f"--basepath not given: using the target the draft records, {target.resolve()}"]
+    write_target(target, max_position_embeddings=131072)
+    with pytest.raises(UserError, match="max_position_embeddings"):
+        export_draft(local, "sglang", tmp_path / "refused")
+
+    # a draft of unknown provenance, or an eagle3kit draft whose value was edited, is warned about
+    message = ("4096: if the target serves longer contexts (Llama-3.1: 131072), the draft's positions run out past "
+               "4096 tokens and acceptance collapses. Compare with the target: add --basepath TARGET (its folder, or "
+               "a Hub id in the local cache); if it serves more, write its max_position_embeddings (and rope "
+               "settings) into the draft's config.json")
+    foreign = mutate(short, tmp_path / "foreign", config=lambda c: c.pop("eagle3kit"))
+    assert check_draft(foreign) == [Problem("warning", "max_position_embeddings", message)]
+    edited = mutate(short, tmp_path / "edited", config=lambda c: c.__setitem__("max_position_embeddings", 2048))
+    assert check_draft(edited) == [Problem("warning", "max_position_embeddings", message.replace("4096", "2048"))]
+
+
+def test_the_serve_command_drafts_as_many_tokens_as_the_quoted_eval_measured(draft_dir, tmp_path):
+    report = {"tau": 3.2, "tau_ci95": [3.0, 3.4], "prompts": 20, "acceptance_rate": [0.9] * 6,
+              "config": {"steps": 6, "topk": 1, "temperature": 0.0, "data_path": "test.jsonl"}}  # eval's default
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    result = invoke("export", str(draft_dir), "--to", "sglang", "--out", str(tmp_path / "sg"), "--eval-report",
+                    str(tmp_path / "eval.json"))
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "sg" / "README.md").read_text()
+    six = "--speculative-num-steps 6 --speculative-eagle-topk 1 --speculative-num-draft-tokens 7"
+    assert six in card and six in result.stdout
+    assert "chains of 6 draft tokens" in card and "These figures are for" not in card
+    result = invoke("export", str(draft_dir), "--to", "speculators", "--out", str(tmp_path / "spec"), "--eval-report",
+                    str(tmp_path / "eval.json"))
+    assert result.exit_code == 0, result.output
+    raw = json.loads((tmp_path / "spec" / CONFIG).read_text())
+    assert raw["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 6
+    # given on the command line, the option wins, and the card says what its figures are for
+    result = invoke("export", str(draft_dir), "--to", "sglang", "--out", str(tmp_path / "sg5"), "--eval-report",
+                    str(tmp_path / "eval.json"), "--num-speculative-tokens", "5")
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "sg5" / "README.md").read_text()
+    assert "--speculative-num-steps 5 --speculative-eagle-topk 1 --speculative-num-draft-tokens 6" in card
+    assert "These figures are for 6 draft tokens per pass; the serve command above drafts 5." in card
+    assert ("--num-speculative-tokens 5, but the eval report measured 6 draft tokens per pass: the acceptance the "
+            "model card quotes is for those") in result.stdout
+    # without a report, or with a --server one (the server's own settings), 5
+    result = invoke("export", str(draft_dir), "--to", "sglang", "--out", str(tmp_path / "plain"))
+    assert "--speculative-num-steps 5 --speculative-eagle-topk 1" in result.stdout
+    from eagle3kit.export.card import draft_steps
+
+    assert draft_steps(None, {"engine": "sglang", "config": {"steps": 6}}) == 5
+    assert draft_steps(None, report) == 6 and draft_steps(4, report) == 4
+
+
+def _hub_http_error(cls, status: int):
+    """A huggingface_hub HTTP error with this status, as the Hub's client raises it."""
+    import importlib
+
+    from huggingface_hub import errors
+
+    http = importlib.import_module(errors.Response.__module__.split(".")[0])  # the HTTP client huggingface_hub uses
+    request = http.Request("POST", "https://huggingface.co/api/repos/create")
+    return cls(f"{status} Client Error for url: {request.url}", response=http.Response(status, request=request))
+
+
+def test_hub_failures_are_told_apart():
+    import errno
+    import socket
+
+    from huggingface_hub import errors
+
+    from eagle3kit.checkpoint import hub_failure
+
+    def wrapped(cause):
+        try:
+            raise cause
+        except Exception:  # noqa: BLE001
+            try:
+                raise RuntimeError("upload failed")
+            except RuntimeError as error:
+                return error
+
+    network = [socket.gaierror(-2, "Name or service not known"), OSError(errno.ENETUNREACH, "Network is unreachable"),
+               ConnectionError("no route to host"), TimeoutError("timed out"), errors.OfflineModeIsEnabled("offline"),
+               errors.LocalEntryNotFoundError("not in the cache"), wrapped(socket.gaierror(-3, "Try again"))]
+    assert [hub_failure(e) for e in network] == ["network"] * len(network)
+    auth = [_hub_http_error(errors.HfHubHTTPError, 401), _hub_http_error(errors.HfHubHTTPError, 403),
+            _hub_http_error(errors.GatedRepoError, 403), errors.LocalTokenNotFoundError("no token"),
+            wrapped(_hub_http_error(errors.HfHubHTTPError, 401))]
+    assert [hub_failure(e) for e in auth] == ["auth"] * len(auth)
+    assert hub_failure(_hub_http_error(errors.RepositoryNotFoundError, 404)) == "missing"
+    assert hub_failure(_hub_http_error(errors.HfHubHTTPError, 500)) is None
+    assert hub_failure(PermissionError(errno.EACCES, "Permission denied")) is None  # the disk, not the network
+    assert hub_failure(RuntimeError("boom")) is None
+
+
+def test_hub_errors_name_the_cause_and_the_installed_cli(tmp_path, monkeypatch):
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    from eagle3kit.checkpoint import resolve_draft
+    from eagle3kit.export import push_folder
+
+    class Api:
+        failure: Exception
+
+        def create_repo(self, repo_id, **kwargs):
+            raise Api.failure
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    cases = [
+        (socket.gaierror(-2, "Name or service not known"), "The Hugging Face Hub could not be reached: check the "
+         "connection (and that HF_HUB_OFFLINE is not set) and run the export again"),
+        (_hub_http_error(errors.HfHubHTTPError, 401), "Log in with an account that may write to me/x (`hf auth "
+         "login`, or HF_TOKEN set to a token with write access) and run the export again"),
+        (RuntimeError("boom"), "Run the export again"),
+    ]
+    for failure, fix in cases:
+        Api.failure = failure
+        with pytest.raises(UserError) as error:
+            push_folder(tmp_path, "me/x", False, "export")
+        assert str(error.value) == (f"--push-to-hub me/x: the upload failed ({str(failure).splitlines()[0]}); the "
+                                    f"export is in {tmp_path}. {fix}, or upload the folder yourself "
+                                    f"(`hf upload me/x {tmp_path}`)")
+
+    def download(failure):
+        def fail(*args, **kwargs):
+            raise failure
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+        with pytest.raises(UserError) as error:
+            resolve_draft("someone/draft")
+        return str(error.value)
+
+    assert download(errors.LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known")) == (
+        "someone/draft: not a local folder, and the Hugging Face Hub could not be reached (Got: ConnectError: "
+        "[Errno -2] Name or service not known); check the connection (and that HF_HUB_OFFLINE is not set), or "
+        "download it where the Hub can be reached (`hf download someone/draft --local-dir DIR`) and pass the folder")
+    gated = _hub_http_error(errors.GatedRepoError, 403)
+    assert download(gated) == (f"someone/draft: not a local folder, and the Hugging Face Hub refused access to it "
+                               f"({gated}); log in with an account that may read it (`hf auth login` or HF_TOKEN; "
+                               "a gated model's page asks you to accept its terms first)")
+    missing = _hub_http_error(errors.RepositoryNotFoundError, 404)
+    assert download(missing) == (f"someone/draft: not a local folder, and the Hugging Face Hub has no such repository "
+                                 f"({missing}); check the name (a private one needs `hf auth login` or HF_TOKEN)")
+    assert download(RuntimeError("boom")) == ("someone/draft: not a local folder, and fetching it from the Hugging "
+                                              "Face Hub failed (boom); download it (`hf download someone/draft "
+                                              "--local-dir DIR`) and pass the folder")

@@ -134,6 +134,22 @@ def ignored_options(cfg: EvalConfig) -> list[str]:
     return out
 
 
+def template_difference(trained_with: dict[str, Any], kwargs: dict | None) -> str | None:
+    """A warning when the prompts are rendered with other chat-template kwargs than the draft was
+    trained with. eagle3kit's trainer records them (and ``step``) in the draft's config; a draft
+    from elsewhere records neither, and nothing is said."""
+    if "step" not in trained_with and "chat_template_kwargs" not in trained_with:
+        return None
+    trained, used = trained_with.get("chat_template_kwargs") or {}, kwargs or {}
+    if trained == used:
+        return None
+    if not trained:
+        return (f"the draft was trained without --chat-template-kwargs; these prompts are rendered with "
+                f"'{json.dumps(used)}': drop them to measure it as trained")
+    return (f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are rendered "
+            f"with {json.dumps(used)}: pass the same to measure it as trained")
+
+
 def check_inputs(cfg: EvalConfig) -> None:
     """What can be checked before any model is loaded: the data file, and that the report
     can be written (a run of hours must not end in an unwritable ``--json``)."""
@@ -198,10 +214,9 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
         draft.config.aux_layers = default_aux_layers(text.num_hidden_layers)
         ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
                 f"{draft.config.aux_layers} (EAGLE-3's default)")
-    trained = getattr(draft, "trained_with", {}).get("chat_template_kwargs")
-    if trained and trained != (cfg.chat_template_kwargs or {}):
-        ui.warn(f"the draft was trained with --chat-template-kwargs '{json.dumps(trained)}'; these prompts are "
-                f"rendered with {json.dumps(cfg.chat_template_kwargs or {})}: pass the same to measure it as trained")
+    template_warning = template_difference(getattr(draft, "trained_with", {}), cfg.chat_template_kwargs)
+    if template_warning:
+        ui.warn(template_warning)
     eos = end_of_turn_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     size = tree_size(cfg)

@@ -7,13 +7,47 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 from eagle3kit import __version__
 from eagle3kit.eval.report import sampling_filters
-from eagle3kit.export.folder import ENGINE
+from eagle3kit.export.folder import ENGINE, absolute_target
 
 CARD = "README.md"
+#: Draft tokens per pass of the serve command (and the speculators config) with no eval report to follow.
+DEFAULT_STEPS = 5
+
+
+def measured_steps(report: dict[str, Any] | None) -> int | None:
+    """The draft tokens per pass an in-process ``eagle3kit eval --json`` report measured with
+    (``--steps``); None without one, or for ``--server`` (the server's own settings)."""
+    if not report or report.get("engine"):
+        return None
+    steps = (report.get("config") or {}).get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 else None
+
+
+def draft_steps(num_speculative_tokens: int | None, report: dict[str, Any] | None) -> int:
+    """The draft tokens per pass to serve with: as given, else as the eval report measured, else 5."""
+    return num_speculative_tokens or measured_steps(report) or DEFAULT_STEPS
+
+
+def base_model_of(name: str) -> str | None:
+    """The Hub model id the card names as ``base_model``: ``name`` when it is one; for a local
+    folder, the ``_name_or_path`` its config.json records when that is one; else None (the Hub
+    rejects a card whose ``base_model`` is not a model id)."""
+    from eagle3kit.hub import is_hub_id
+
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return name if is_hub_id(name) else None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    recorded = config.get("_name_or_path") if isinstance(config, dict) else None
+    return recorded if isinstance(recorded, str) and is_hub_id(recorded) else None
 
 
 def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_tokens: int) -> str:
@@ -41,7 +75,7 @@ def _drafting(report: dict[str, Any]) -> str:
     return f"chains of {cfg.get('steps', '?')} draft tokens{rule}"
 
 
-def _eval_section(report: dict[str, Any]) -> list[str]:
+def _eval_section(report: dict[str, Any], steps: int) -> list[str]:
     cfg = report.get("config", {})
     low, high = report.get("tau_ci95", [float("nan")] * 2)
     lines = ["## Acceptance", "",
@@ -53,6 +87,10 @@ def _eval_section(report: dict[str, Any]) -> list[str]:
     speedup = f"{report['speedup']:.2f}x" if isinstance(report.get("speedup"), (int, float)) else "-"
     same = (f"{report['identical_to_greedy']}/{report.get('prompts')}" if "identical_to_greedy" in report else "-")
     lines += [f"| {report.get('tau', float('nan')):.2f} ({low:.2f}-{high:.2f}) | {speedup} | {same} |", ""]
+    measured = measured_steps(report)
+    if measured and measured != steps:
+        lines += [f"These figures are for {measured} draft tokens per pass; the serve command above drafts "
+                  f"{steps}.", ""]
     rates = report.get("acceptance_rate") or []
     if rates:
         lines += ["Acceptance at each draft position (given the previous ones): "
@@ -69,17 +107,23 @@ def model_card(servable: dict[str, Any], fmt: str, where: str, basepath: str | N
     """The README.md of an export: ``servable`` is the SGLang/vLLM config of the draft."""
     meta = servable.get("eagle3kit", {})
     recorded = meta.get("target_model") or meta.get("draft_config", {}).get("target_model") or None
-    target = basepath or recorded or "the target model"
-    front = ["---", f"base_model: {target}" if basepath or recorded else None,
+    name = basepath or recorded
+    base_model = base_model_of(name) if name else None
+    local = absolute_target(name) if name and Path(name).expanduser().is_dir() else None
+    target = base_model or local or name or "the target model"
+    about = f"`{target}`"
+    if local:  # a base_model must be a Hub id: the folder is named here instead
+        about = f"`{base_model}` (the local copy in `{local}`)" if base_model else f"the target model in `{local}`"
+    front = ["---", f"base_model: {base_model}" if base_model else None,
              "tags:", "- eagle3", "- speculative-decoding", "- draft-model", f"- {fmt}", "- eagle3kit", "---"]
     rope = f"rope_theta {servable.get('rope_theta')}"
     if isinstance(servable.get("rope_scaling"), dict):
         rope += f", {servable['rope_scaling'].get('rope_type', servable['rope_scaling'].get('type'))} scaling"
     lines = [line for line in front if line is not None] + [
         "", f"# EAGLE-3 draft for {target}", "",
-        f"A one-layer EAGLE-3 draft model for speculative decoding with `{target}`, in the {ENGINE[fmt]} "
+        f"A one-layer EAGLE-3 draft model for speculative decoding with {about}, in the {ENGINE[fmt]} "
         f"layout; exported by eagle3kit {__version__}.", "",
-        "## Serve", "", "```bash", serve_hint(fmt, where, basepath or recorded, num_speculative_tokens),
+        "## Serve", "", "```bash", serve_hint(fmt, where, local or name, num_speculative_tokens),
         "```", "",
         "## Draft", "",
         "| hidden | heads (kv) | intermediate | vocabulary (draft) | feature layers (HF hidden_states) | max positions | rope |",
@@ -96,5 +140,5 @@ def model_card(servable: dict[str, Any], fmt: str, where: str, basepath: str | N
     if trained:
         lines += ["## Training", "", f"Trained with eagle3kit ({', '.join(trained)}).", ""]
     if eval_report:
-        lines += _eval_section(eval_report)
+        lines += _eval_section(eval_report, num_speculative_tokens)
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from eagle3kit.export.folder import (ARCHITECTURE, ENGINE, SHORT_CONTEXT, SPECULATORS_ARCHITECTURE, VLLM_ARCHITECTURES,
-                                     DraftFolder, _canonical, _int, _rope_of)
+                                     DraftFolder, _canonical, _int, _rope_of, positions_from_target)
 from eagle3kit.export.problem import Problem, _error, _warning
 
 
@@ -209,11 +209,13 @@ def _config_problems(folder: DraftFolder, fmt: str, target: dict[str, Any] | Non
     if max_pos is None:
         problems.append(_warning("max_position_embeddings", "missing: engines fall back to a default (2048 in "
                                                             "transformers, 8192 in vLLM); set it to the target's"))
-    elif target is None and max_pos < SHORT_CONTEXT:
+    elif target is None and max_pos < SHORT_CONTEXT and not positions_from_target(config):
         problems.append(_warning("max_position_embeddings", f"{max_pos}: if the target serves longer contexts "
                                  "(Llama-3.1: 131072), the draft's positions run out past "
-                                 f"{max_pos} tokens and acceptance collapses; set it to the target's value (check "
-                                 "with --basepath TARGET_FOLDER)"))
+                                 f"{max_pos} tokens and acceptance collapses. Compare with the target: add "
+                                 "--basepath TARGET (its folder, or a Hub id in the local cache); if it serves "
+                                 "more, write its max_position_embeddings (and rope settings) into the draft's "
+                                 "config.json"))
     if flat.get("rope_parameters") is not None and (flat.get("rope_theta") is not None or flat.get("rope_scaling") is not None):
         legacy = _rope_of({"rope_theta": flat.get("rope_theta"), "rope_scaling": flat.get("rope_scaling")})
         new = _rope_of({"rope_parameters": flat["rope_parameters"], "rope_theta": flat.get("rope_theta")})

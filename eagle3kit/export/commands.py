@@ -5,12 +5,14 @@ check or the export and print the result (rich is imported only when they run).
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
+from eagle3kit.checkpoint import hub_failure
 from eagle3kit.errors import UserError, first_line
 from eagle3kit.export.card import serve_hint
 from eagle3kit.export.check import _check_folder, _engine_problems
-from eagle3kit.export.folder import ENGINE, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
+from eagle3kit.export.folder import ENGINE, MARKER, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
 from eagle3kit.export.problem import Problem
 from eagle3kit.export.write import export_draft
 
@@ -79,10 +81,11 @@ def check_command(draft_dir: str | Path, fmt: str | None = None, basepath: str |
 
 
 def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath: str | None = None,
-                   num_speculative_tokens: int = 5, eval_report: str | Path | None = None,
+                   num_speculative_tokens: int | None = None, eval_report: str | Path | None = None,
                    push_to_hub: str | None = None, private: bool = False) -> Path:
     """``eagle3kit export DRAFT_DIR --to FMT --out OUT``: write, check, print how to serve it;
-    with ``push_to_hub``, upload the folder to that Hub repository."""
+    with ``push_to_hub``, upload the folder to that Hub repository. ``basepath`` defaults to the
+    target the draft records, ``num_speculative_tokens`` to the eval report's steps (else 5)."""
     from rich.console import Console
 
     console = Console()
@@ -93,10 +96,11 @@ def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepat
     if warnings:
         console.print(_problem_table(warnings, f"{fmt} export: warnings"))
     for note in notes:
-        console.print(f"  {note}", highlight=False)
+        console.print(f"  {note}", highlight=False, soft_wrap=True)
     console.print(f"[green]Wrote[/green] {out} ({ENGINE[fmt]} layout, checked). Serve with:", highlight=False)
-    console.print(serve_hint(fmt, push_to_hub or str(out), basepath, num_speculative_tokens), highlight=False,
-                  soft_wrap=True)
+    used = json.loads((out / MARKER).read_text(encoding="utf-8"))  # the target and steps the export settled on
+    console.print(serve_hint(fmt, push_to_hub or str(out.resolve()), used["basepath"], used["num_speculative_tokens"]),
+                  highlight=False, soft_wrap=True)
     if push_to_hub:
         url = push_folder(out, push_to_hub, private, f"eagle3kit export --to {fmt}")
         console.print(f"[green]Pushed[/green] {out} to {url}", highlight=False)
@@ -124,8 +128,16 @@ def push_folder(folder: Path, repo_id: str, private: bool, message: str) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message)
     except Exception as error:  # noqa: BLE001 - no login, no network, no rights: the user's to fix
-        first = first_line(error)
-        raise UserError(f"--push-to-hub {repo_id}: the upload failed ({first}); the export is in {folder}. Log in "
-                        "(`huggingface-cli login` or HF_TOKEN) and run the export again, or upload the folder "
-                        "yourself") from None
+        cause = hub_failure(error)
+        if cause == "network":
+            fix = ("The Hugging Face Hub could not be reached: check the connection (and that HF_HUB_OFFLINE is not "
+                   "set) and run the export again")
+        elif cause == "auth":
+            fix = (f"Log in with an account that may write to {repo_id} (`hf auth login`, or HF_TOKEN set to a token "
+                   "with write access) and run the export again")
+        else:
+            fix = "Run the export again"
+        upload = f"hf upload {repo_id} {shlex.quote(str(folder))}"
+        raise UserError(f"--push-to-hub {repo_id}: the upload failed ({first_line(error)}); the export is in "
+                        f"{folder}. {fix}, or upload the folder yourself (`{upload}`)") from None
     return f"https://huggingface.co/{repo_id}"

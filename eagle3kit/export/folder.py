@@ -111,6 +111,24 @@ def read_folder(path: str | Path) -> DraftFolder:
     return DraftFolder(path, config, tensors, [f.name for f in files])
 
 
+def absolute_target(basepath: str) -> str:
+    """``basepath`` as a server started in another folder finds it: an existing local folder as an
+    absolute path, anything else (a Hub id) as given."""
+    path = Path(basepath).expanduser()
+    return str(path.resolve()) if path.is_dir() else basepath
+
+
+def positions_from_target(config: dict[str, Any]) -> bool:
+    """Whether eagle3kit's trainer took this draft's ``max_position_embeddings`` from the target's
+    config: :meth:`~eagle3kit.train.draft.DraftConfig.from_target` records the target's layer count
+    (a draft read from elsewhere records 0), and the value is still the one it recorded."""
+    meta = config.get("eagle3kit")
+    saved = meta.get("draft_config") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict) or not _int(saved.get("target_num_layers")):
+        return False
+    return saved.get("max_position_embeddings") == flat_config(config).get("max_position_embeddings")
+
+
 def read_target_config(basepath: str | None) -> dict[str, Any] | None:
     """The target's config: from a local folder, else from the Hugging Face cache (offline); None if
     neither has it. The text config of a multimodal target is merged over the top level."""

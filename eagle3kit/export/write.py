@@ -13,10 +13,11 @@ from typing import Any
 from eagle3kit import __version__
 from eagle3kit.checkpoint import CONFIG, WEIGHTS, servable_config
 from eagle3kit.errors import UserError
-from eagle3kit.export.card import CARD, model_card
+from eagle3kit.export.card import CARD, draft_steps, measured_steps, model_card
 from eagle3kit.export.check import _check_folder
 from eagle3kit.export.folder import (FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
-                                     DraftFolder, _canonical, _int, read_folder, read_target_config)
+                                     DraftFolder, _canonical, _int, absolute_target, positions_from_target, read_folder,
+                                     read_target_config)
 from eagle3kit.export.problem import Problem
 
 
@@ -129,6 +130,15 @@ def _target_architectures(folder: DraftFolder, target: dict[str, Any] | None) ->
     return ["LlamaForCausalLM"]
 
 
+def _recorded_target(folder: DraftFolder, config: Any) -> str | None:
+    """The target the draft says it was trained for: eagle3kit's ``target_model``, or a speculators
+    config's verifier."""
+    spec = folder.config.get("speculators_config")
+    verifier = spec.get("verifier") if isinstance(spec, dict) else None
+    named = verifier.get("name_or_path") if isinstance(verifier, dict) else None
+    return config.target_model or (named if isinstance(named, str) and named else None)
+
+
 def speculators_config(servable: dict[str, Any], basepath: str, verifier_architectures: list[str],
                        num_speculative_tokens: int) -> dict[str, Any]:
     """The speculators-format ``config.json`` for a servable (SGLang/vLLM) config."""
@@ -184,13 +194,17 @@ def _unshared(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath: str | None = None,
-                 num_speculative_tokens: int = 5, eval_report: dict[str, Any] | None = None,
+                 num_speculative_tokens: int | None = None, eval_report: dict[str, Any] | None = None,
                  served_as: str | None = None) -> tuple[Path, list[Problem], list[str]]:
     """Write ``draft_dir`` in ``fmt``'s layout to ``out_dir`` (atomically), checked, with a
     model card (``README.md``; ``eval_report``: an ``eagle3kit eval --json`` report to quote,
     ``served_as``: the Hub id the card's serve command names, default the folder).
 
-    Returns ``(out_dir, the export's warnings, notes on what was renamed or rebuilt)``.
+    ``basepath`` defaults to the target the draft records; a local folder is written as an
+    absolute path. ``num_speculative_tokens`` defaults to the steps ``eval_report`` measured
+    (else 5). The marker file records both as used.
+
+    Returns ``(out_dir, the export's warnings, notes on what was taken by default, renamed or rebuilt)``.
     Raises :class:`UserError` when the export would not load correctly (it is then not
     written) or ``out_dir`` holds something else.
     """
@@ -204,20 +218,34 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     out = Path(out_dir)
     folder = read_folder(source)
     _check_out_dir(out, source)
-    target = read_target_config(basepath) if basepath else None
     servable, config = _servable(folder)
+    recorded = None if basepath else _recorded_target(folder, config)
+    basepath = absolute_target(basepath or recorded) if basepath or recorded else None
+    target = read_target_config(basepath) if basepath else None
+    checked_against = basepath
     if fmt == "speculators" and not basepath:
-        recorded = f" (this draft was trained for {config.target_model})" if config.target_model else ""
         raise UserError("--to speculators needs --basepath TARGET: the speculators config names the verifier (the "
-                        f"model `vllm serve OUT` serves){recorded}")
+                        "model `vllm serve OUT` serves), and this draft does not record its target")
     tensors, notes = _normalised_tensors(folder, config.vocab_size)
+    if recorded:
+        note = f"--basepath not given: using the target the draft records, {basepath}"
+        if target is None:  # not here: used as a name only (the check would warn about a --basepath not given)
+            checked_against = None
+            note += (" (not a folder here nor in the Hugging Face cache, so not compared with the draft; if it is "
+                     "a local folder, give --basepath with its path)")
+        notes.insert(0, note)
+    steps = draft_steps(num_speculative_tokens, eval_report)
+    measured = measured_steps(eval_report)
+    if measured and measured != steps:
+        notes.append(f"--num-speculative-tokens {steps}, but the eval report measured {measured} draft tokens per "
+                     "pass: the acceptance the model card quotes is for those")
     if fmt == "speculators":
-        config_json = speculators_config(servable, basepath, _target_architectures(folder, target), num_speculative_tokens)
+        config_json = speculators_config(servable, basepath, _target_architectures(folder, target), steps)
         tensors = {("layers.0." + k[len("midlayer."):] if k.startswith("midlayer.") else k): v for k, v in tensors.items()}
     else:
         config_json = servable
     marker = {"written_by": f"eagle3kit {__version__} export", "format": fmt, "source": str(source),
-              "basepath": basepath, "notes": notes}
+              "basepath": basepath, "num_speculative_tokens": steps, "notes": notes}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -228,9 +256,11 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
         readable_by_all(tmp / WEIGHTS)  # safetensors writes 0600
         (tmp / CONFIG).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        card = model_card(servable, fmt, served_as or str(out), basepath, num_speculative_tokens, eval_report)
+        card = model_card(servable, fmt, served_as or str(out.resolve()), basepath, steps, eval_report)
         (tmp / CARD).write_text(card + "\n", encoding="utf-8")
-        problems = _check_folder(read_folder(tmp), fmt, basepath)
+        problems = _check_folder(read_folder(tmp), fmt, checked_against)
+        if fmt == "speculators" and positions_from_target(folder.config):  # its config lost eagle3kit's record
+            problems = [p for p in problems if p.is_error or p.key != "max_position_embeddings"]
         errors = [p for p in problems if p.is_error]
         if errors:
             lines = "\n".join(f"  - {p.key}: {p.message}" for p in errors)

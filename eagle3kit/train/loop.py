@@ -277,10 +277,18 @@ def check_finite(stats: StepStats, what: str, cfg: TrainConfig, savedir: Path) -
                                                         else ""))
 
 
+def recorded_target(basepath: str) -> str:
+    """The target as a draft records it: a local folder as an absolute path (an export or an
+    eval run from another folder finds it), a Hub id as given."""
+    path = Path(basepath).expanduser()
+    return str(path.resolve()) if path.is_dir() else basepath
+
+
 def draft_config_for(target_config, draft_vocab_size: int, cfg: TrainConfig) -> DraftConfig:
     """A new draft's configuration for the target (its sizes and positions, ``--aux-layers``)."""
     try:
-        return DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers, target_model=cfg.basepath)
+        return DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers,
+                                       target_model=recorded_target(cfg.basepath))
     except ValueError as error:
         raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
 
@@ -376,7 +384,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                               tp_mesh=tp_mesh)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
-        draft = continue_from(start, model.config, cfg.aux_layers, cfg.basepath, cfg.init_draft,
+        draft = continue_from(start, model.config, cfg.aux_layers, recorded_target(cfg.basepath), cfg.init_draft,
                               warn=quiet.warn)  # silent on the other ranks
         draft_config = draft.config
     else:
