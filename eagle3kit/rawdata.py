@@ -365,15 +365,16 @@ def _names(files: Sequence[Path], folder: Path, most: int = 5) -> str:
     return ", ".join(names) + (f" and {len(files) - most} more" if len(files) > most else "")
 
 
-def _patterns(data_files: Any) -> list[str]:
+def _patterns(data_files: Any, split: str | None = None) -> list[str]:
     """The file patterns a ``HubRepo.data_files`` value names (a string, a list or a
-    ``{split: files}`` mapping)."""
+    ``{split: files}`` mapping, of which ``split``'s when it has it)."""
     if not data_files:
         return []
     if isinstance(data_files, str):
         return [data_files]
     if isinstance(data_files, Mapping):
-        return [q for v in data_files.values() for q in _patterns(v)]
+        chosen = [data_files[split]] if split in data_files else list(data_files.values())
+        return [q for v in chosen for q in _patterns(v)]
     return [q for v in data_files for q in _patterns(v)]
 
 
@@ -401,7 +402,7 @@ def _data_files_in(source: Source, folder: Path, files: Sequence[str] | None, op
                             f"{_names(candidates, folder, 10)}")
         return chosen, f" (files={','.join(files)})"
     for repo in source.repos:  # a copy of the Hub repository: the files the source reads there
-        chosen = _matching(candidates, folder, _patterns(repo.data_files))
+        chosen = _matching(candidates, folder, _patterns(repo.data_files, repo.split))
         if chosen:
             return chosen, f" (the files {source.name} reads from {repo.repo_id})"
     return candidates, ""

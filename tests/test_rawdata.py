@@ -222,6 +222,14 @@ def test_a_copy_of_a_hub_repository_reads_the_files_the_source_names(tmp_path):
         "ShareGPT_V3_unfiltered_cleaned_split_no_imsorry.json")
 
 
+def test_the_patterns_a_repository_names_for_its_split():
+    files = {"train": ["train-*.json", "extra.json"], "test": "test.json"}
+    assert rawdata._patterns(files, "train") == ["train-*.json", "extra.json"]
+    assert rawdata._patterns(files, "validation") == ["train-*.json", "extra.json", "test.json"]
+    assert rawdata._patterns("a.json") == ["a.json"] and rawdata._patterns(("a", "b")) == ["a", "b"]
+    assert rawdata._patterns(None) == []
+
+
 def test_a_folder_of_json_files_names_each_records_file_and_line(tmp_path):
     folder = tmp_path / "dump"
     write_jsonl(folder / "b.jsonl", RECORDS[1:])
