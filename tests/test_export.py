@@ -734,6 +734,24 @@ def test_serve_commands_quote_paths_for_the_shell():
     assert shlex.split(serve_hint("speculators", where, base, 5)) == ["vllm", "serve", where]
 
 
+def test_a_tree_the_eval_report_measured_is_what_sglang_serves():
+    from eagle3kit.export.card import serve_hint, serving_tree
+
+    tree = {"config": {"steps": 5, "topk": 4}, "tree_size": 16}
+    assert serving_tree(tree, 5) == (4, 16)
+    assert serving_tree(tree, 6) is None  # other steps than measured: a chain
+    assert serving_tree({"config": {"steps": 5, "topk": 1}}, 5) is None
+    assert serving_tree({**tree, "engine": "sglang"}, 5) is None  # a --server report: the server's own settings
+    assert serving_tree(None, 5) is None
+    words = serve_hint("sglang", "d", "t", 5, (4, 16)).split()
+    assert words[words.index("--speculative-num-steps") + 1] == "5"
+    assert words[words.index("--speculative-eagle-topk") + 1] == "4"
+    assert words[words.index("--speculative-num-draft-tokens") + 1] == "16"
+    words = serve_hint("sglang", "d", "t", 5).split()
+    assert (words[words.index("--speculative-eagle-topk") + 1], words[words.index("--speculative-num-draft-tokens") + 1]) \
+        == ("1", "6")
+
+
 def test_weights_are_readable_by_the_server_s_user(draft_dir, tmp_path):
     """safetensors writes its files 0600; a server running as another user must read them."""
     import os

@@ -50,14 +50,28 @@ def base_model_of(name: str) -> str | None:
     return recorded if isinstance(recorded, str) and is_hub_id(recorded) else None
 
 
-def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_tokens: int) -> str:
-    """The command that serves the export ``where`` (a folder or Hub id) with its target."""
+def serving_tree(report: dict[str, Any] | None, steps: int) -> tuple[int, int] | None:
+    """``(topk, tokens per pass)`` of the tree an in-process eval report measured, when the
+    export serves its number of steps (SGLang drafts the same tree); None for a chain."""
+    if measured_steps(report) != steps:
+        return None
+    topk, size = (report.get("config") or {}).get("topk"), report.get("tree_size")
+    if isinstance(topk, int) and topk > 1 and isinstance(size, int) and size > 1:
+        return topk, size
+    return None
+
+
+def serve_hint(fmt: str, where: str, basepath: str | None, num_speculative_tokens: int,
+               tree: tuple[int, int] | None = None) -> str:
+    """The command that serves the export ``where`` (a folder or Hub id) with its target;
+    ``tree``: SGLang's ``(--speculative-eagle-topk, --speculative-num-draft-tokens)`` (vLLM
+    drafts chains)."""
     base = shlex.quote(basepath) if basepath else "TARGET"
     if fmt == "sglang":
+        topk, size = tree or (1, num_speculative_tokens + 1)
         return (f"python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE3 "
                 f"--speculative-draft-model-path {shlex.quote(str(where))} --speculative-num-steps "
-                f"{num_speculative_tokens} --speculative-eagle-topk 1 --speculative-num-draft-tokens "
-                f"{num_speculative_tokens + 1}")
+                f"{num_speculative_tokens} --speculative-eagle-topk {topk} --speculative-num-draft-tokens {size}")
     if fmt == "vllm":
         spec = json.dumps({"method": "eagle3", "model": str(where), "num_speculative_tokens": num_speculative_tokens})
         return f"vllm serve {base} --speculative-config {shlex.quote(spec)}"
@@ -123,7 +137,8 @@ def model_card(servable: dict[str, Any], fmt: str, where: str, basepath: str | N
         "", f"# EAGLE-3 draft for {target}", "",
         f"A one-layer EAGLE-3 draft model for speculative decoding with {about}, in the {ENGINE[fmt]} "
         f"layout; exported by eagle3kit {__version__}.", "",
-        "## Serve", "", "```bash", serve_hint(fmt, where, local or name, num_speculative_tokens),
+        "## Serve", "", "```bash",
+        serve_hint(fmt, where, local or name, num_speculative_tokens, serving_tree(eval_report, num_speculative_tokens)),
         "```", "",
         "## Draft", "",
         "| hidden | heads (kv) | intermediate | vocabulary (draft) | feature layers (HF hidden_states) | max positions | rope |",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from eagle3kit.checkpoint import hub_failure
 from eagle3kit.errors import UserError, first_line
-from eagle3kit.export.card import serve_hint
+from eagle3kit.export.card import serve_hint, serving_tree
 from eagle3kit.export.check import _check_folder, _engine_problems
 from eagle3kit.export.folder import ENGINE, MARKER, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
 from eagle3kit.export.problem import Problem
@@ -99,8 +99,9 @@ def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepat
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     console.print(f"[green]Wrote[/green] {out} ({ENGINE[fmt]} layout, checked). Serve with:", highlight=False)
     used = json.loads((out / MARKER).read_text(encoding="utf-8"))  # the target and steps the export settled on
-    console.print(serve_hint(fmt, push_to_hub or str(out.resolve()), used["basepath"], used["num_speculative_tokens"]),
-                  highlight=False, soft_wrap=True)
+    steps = used["num_speculative_tokens"]
+    console.print(serve_hint(fmt, push_to_hub or str(out.resolve()), used["basepath"], steps,
+                             serving_tree(report, steps)), highlight=False, soft_wrap=True)
     if push_to_hub:
         url = push_folder(out, push_to_hub, private, f"eagle3kit export --to {fmt}")
         console.print(f"[green]Pushed[/green] {out} to {url}", highlight=False)
