@@ -29,6 +29,7 @@ runs anywhere (a smoke test of the script, not a figure).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -77,8 +78,9 @@ def timed(fn, steps: int, warmup: int, label: str = "") -> list[float]:
 
 
 def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0, answer_share: float = 0.5):
-    """A packed row of ``n_conv`` conversations of turns of 512 tokens: a prompt, then an
-    answer of ``answer_share`` of the turn (0.5: every other 256-token span is an answer)."""
+    """A packed row of ``n_conv`` conversations of turns of 512 tokens (``seq_len`` if
+    shorter): a prompt, then an answer of ``answer_share`` of the turn (0.5: every other
+    256-token span is an answer)."""
     from eagle3kit.train.attention import doc_ids_from_positions
     from eagle3kit.train.packing import MicroBatch
 
@@ -86,7 +88,8 @@ def synthetic_row(n_conv: int, seq_len: int, vocab: int, device, seed: int = 0, 
     t = n_conv * seq_len
     ids = torch.randint(0, vocab, (t,), generator=g)
     pos = torch.arange(seq_len).repeat(n_conv)
-    mask = (pos % 512) >= round(512 * (1 - answer_share))
+    turn = min(512, seq_len)
+    mask = (pos % turn) >= round(turn * (1 - answer_share))
     return MicroBatch(ids, pos, doc_ids_from_positions(pos), mask, t).to(device)
 
 
@@ -196,13 +199,16 @@ def main(argv=None) -> int:
     draft_vocab = min(args.draft_vocab_size, vocab)
     rows = []
 
+    def save() -> None:
+        if args.json:  # after every row: a run stopped by its time box keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
     def report(name: str, times: list[float], tokens: int, **extra):
         med = statistics.median(times)
         row = {"name": name, "median_s": med, "tokens": tokens, "tokens_per_s": tokens / med, **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.json:  # after every row: a run stopped by its time box keeps what it measured
-            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        save()
         return row
 
     t0 = time.perf_counter()
@@ -213,6 +219,16 @@ def main(argv=None) -> int:
     model.eval().requires_grad_(False)
     print(f"# target built in {time.perf_counter() - t0:.1f}s on {torch.cuda.get_device_name() if cuda else 'cpu'}; "
           f"torch {torch.__version__}", flush=True)
+    import transformers
+
+    rows.append({"name": "settings", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+                 "transformers": transformers.__version__, "deepspeed": deepspeed.__version__, "config": args.config,
+                 "seq_len": args.seq_len, "max_tokens": args.max_tokens, "answer_share": args.answer_share,
+                 "ttt_length": args.ttt_length, "draft_vocab": draft_vocab, "draft_attention": backend,
+                 "target_attention": target_impl, "checkpoint_activations": args.checkpoint_activations,
+                 "dtype": str(dtype), "memory": "peak_gib is torch.cuda.max_memory_allocated per timed step"})
+    save()
 
     for max_tokens in args.max_tokens:
         n_conv = max(1, max_tokens // args.seq_len)
@@ -247,6 +263,7 @@ def main(argv=None) -> int:
         module = DraftTrainer(draft).to(device)
         cfg = TrainConfig(lr=1e-4)
         ds = load_ds_config(None, cfg, bf16=cuda)
+        before_engine = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # the target, the row
         engine, *_ = deepspeed.initialize(model=module, model_parameters=[p for p in module.parameters()], config=ds)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -275,11 +292,9 @@ def main(argv=None) -> int:
                 timings[live_only] += timed(lambda: train_step(live_only), 1, 0)
                 if cuda:
                     peaks[live_only] = max(peaks.get(live_only, 0.0), torch.cuda.max_memory_allocated() / 2**30)
-        if args.profile and max_tokens == args.max_tokens[0]:
-            profile_step(train_step, Path(args.profile), f"training step at {max_tokens} tokens ({label})")
         peak = peaks.get(True, float("nan"))
         row = report(f"train step ({label})", timings[True], tokens, max_tokens=max_tokens, peak_gib=peak,
-                     live_share=shares["live"])
+                     allocated_before_engine_gib=before_engine, live_share=shares["live"])
         if baseline:
             base = report(f"train step, every position ({label})", timings[False], tokens, max_tokens=max_tokens,
                           peak_gib=peaks.get(False, float("nan")))
@@ -291,7 +306,15 @@ def main(argv=None) -> int:
             print(f"# max_tokens {max_tokens}: train {row['tokens_per_s']:,.0f} tok/s = "
                   f"{row['ratio_to_ceiling']:.2f} of the ceiling {ceiling['tokens_per_s']:,.0f}; peak {peak:.1f} GiB",
                   flush=True)
-        del engine, module, draft
+        save()  # with the ratios just added
+        if args.profile and max_tokens == args.max_tokens[0]:  # after the figures: a failure here costs none
+            try:
+                profile_step(train_step, Path(args.profile), f"training step at {max_tokens} tokens ({label})")
+            except Exception as error:  # noqa: BLE001 - the profile is extra; the run goes on
+                print(f"# profile failed: {error!r}", flush=True)
+        engine.destroy()  # DeepSpeed's hooks keep an engine alive past `del`: the next size's peak must not hold it
+        del engine, module, draft, target
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
         set_attention(model, "sdpa")
