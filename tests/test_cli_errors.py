@@ -122,6 +122,7 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
     message = " ".join(result.stderr.split())
     assert result.returncode == 2, message[-2000:]
     assert "no conversation keeps an answer token within --max-len 16" in message and "raise --max-len" in message
+    assert "built successfully" not in result.stdout + result.stderr  # DeepSpeed's build line is not the user's
     assert "--eval-every 5 without --testpath" in message
     # flex attention has no backward pass on a CPU: said at once, not a traceback after the target loads
     result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--attention", "flex", "--dry-run", *TRAIN_ARGS])

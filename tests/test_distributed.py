@@ -85,3 +85,16 @@ def _slow_rank0(rank: int, init_file: str, results) -> None:
 def test_the_other_ranks_wait_for_rank_0_past_the_default_timeout(tmp_path):
     got = {rank: (status, value) for rank, status, value in _on_two_ranks(_slow_rank0, tmp_path, 1)}
     assert got == {0: ("ok", 0), 1: ("ok", 1)}
+
+
+def test_the_cpu_op_build_is_announced_only_when_not_cached(tmp_path, monkeypatch):
+    from eagle3kit.train import distributed
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert distributed._extensions_dir() == tmp_path and not distributed._cpu_op_built()
+    built = tmp_path / "py311_cpu" / "deepspeed_shm_comm"
+    built.mkdir(parents=True)
+    (built / "shm.o").write_bytes(b"")  # a build that stopped half-way is not a build
+    assert not distributed._cpu_op_built()
+    (built / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert distributed._cpu_op_built()

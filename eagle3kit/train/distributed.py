@@ -3,9 +3,13 @@ or a single one without a launcher; nccl on GPU, gloo on CPU."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,7 +33,13 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     import deepspeed
 
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        # on CPU DeepSpeed loads (the first time: builds) its shared-memory op and prints
+        # "... built successfully" on stdout, where the commands' output goes
+        if not torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "0")) == 0 and not _cpu_op_built():
+            print("DeepSpeed builds its CPU communication op once (about 2.5 minutes on 2 cores; cached in "
+                  f"{_extensions_dir()})", file=sys.stderr, flush=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -38,6 +48,15 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return rank, world, local, device
+
+
+def _extensions_dir() -> Path:
+    """Where torch keeps the extensions it builds (DeepSpeed's CPU ops among them)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+
+
+def _cpu_op_built() -> bool:
+    return any(_extensions_dir().glob("*/deepspeed_shm_comm*/*.so"))
 
 
 def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
