@@ -10,7 +10,7 @@ import torch
 
 from eagle3kit.train.attention import PackedMask, dense_doc_causal_mask, doc_ids_from_positions, ttt_attention
 from eagle3kit.train.draft import DraftConfig, Eagle3Draft
-from eagle3kit.train.ttt import (SoftCrossEntropy, TargetOutputs, label_positions, live_positions,
+from eagle3kit.train.ttt import (SoftCrossEntropy, StepStats, TargetOutputs, label_positions, live_positions,
                                  simulated_acceptance_length, step_weights, ttt_loss)
 
 
@@ -223,7 +223,9 @@ def test_ttt_loss_and_gradients_equal_the_plain_reference(checkpoint_steps):
     draft = Eagle3Draft(config).double()
     draft.set_vocab(torch.arange(0, 40, 2))
     positions, doc, loss_mask, target = make_inputs(config, [9, 5, 12])
-    target = TargetOutputs(target.aux.double(), target.embeds.double(), target.probs.double(), target.in_vocab)
+    in_vocab = target.in_vocab.clone()
+    in_vocab[1::4] = False  # some target top-1 tokens outside the draft vocabulary: not counted, still answers
+    target = TargetOutputs(target.aux.double(), target.embeds.double(), target.probs.double(), in_vocab)
     mask = PackedMask.build(doc, "eager")
     loss, stats = ttt_loss(draft, target, positions, doc, loss_mask, mask, ttt_length=4, decay=0.8,
                            checkpoint_steps=checkpoint_steps, chunk=7)
@@ -234,8 +236,21 @@ def test_ttt_loss_and_gradients_equal_the_plain_reference(checkpoint_steps):
     ref.backward()
     torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-9, atol=1e-9)
     assert stats[2].tolist() == counts
+    t = positions.numel()  # every answer token each step predicts, its target top-1 in the vocabulary or not
+    answers = [sum(1 for pos in range(t) if pos + k + 2 < t and loss_mask[pos + k + 2] and doc[pos + k + 2] == doc[pos])
+               for k in range(4)]
+    assert stats[3].tolist() == answers and sum(answers) > sum(counts)
     for name, p in draft.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_tau_sim_counts_a_target_the_vocabulary_lacks_as_a_miss():
+    # 8 of 10 counted positions agree at step 0, but 20 answers were predicted: the draft
+    # could not propose the other 10 targets, so serving accepts 8 of 20
+    stats = StepStats.from_tensor(torch.tensor([[1.0, 1.0], [8, 4], [10, 5], [20, 10]], dtype=torch.float64))
+    assert stats.accuracies() == [0.8, 0.8] and stats.acceptances() == [0.4, 0.4]
+    assert simulated_acceptance_length(stats.acceptances()) == pytest.approx(1 + 0.4 + 0.4 * 0.4)
+    assert StepStats([1.0], [1], [2]).acceptances() == [0.5]  # recorded without answers: the accuracies
 
 
 def prompt_heavy_inputs(config, seed=0):
@@ -359,7 +374,7 @@ def test_a_row_without_answers_still_puts_every_parameter_in_the_graph():
     positions, doc, _, target = make_inputs(config, [7, 5], seed=8)
     loss, stats = ttt_loss(draft, target, positions, doc, torch.zeros(12, dtype=torch.bool),
                            PackedMask.build(doc, "eager"), ttt_length=3)
-    assert stats.tolist() == [[0.0] * 3] * 3
+    assert stats.tolist() == [[0.0] * 3] * 4
     assert loss.item() == 0.0
     loss.backward()
     for name, p in draft.named_parameters():  # DeepSpeed's reduction expects every gradient

@@ -55,7 +55,7 @@ from eagle3kit.train.run_folder import (
 from eagle3kit.train.target import (FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer,
                                     position_dependent_rope)
 from eagle3kit.train.target_parallel import GroupTarget, tensor_parallel_mesh, turns
-from eagle3kit.train.ttt import StepStats, simulated_acceptance_length, ttt_loss
+from eagle3kit.train.ttt import STATS_ROWS, StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.vocab import count_masked_tokens, load_or_build_draft_vocab
 from eagle3kit.train.warmstart import continue_from
 from eagle3kit.ui import UI, SilentUI
@@ -183,7 +183,7 @@ def evaluate(engine, target: FrozenTarget | GroupTarget, data: TokenizedData, cf
     bins = pack(np.asarray(data.dataset["length"]), cfg.max_tokens, seed=cfg.seed)
     mine = bins[rank::world]
     count = turns(len(mine), device, target.group) if isinstance(target, GroupTarget) else len(mine)
-    total = torch.zeros(3, cfg.ttt_length, dtype=torch.float64)
+    total = torch.zeros(STATS_ROWS, cfg.ttt_length, dtype=torch.float64)
     engine.module.eval()
     with torch.no_grad():
         for i in range(count):
@@ -496,7 +496,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         stats = evaluate(engine, runner, data.test, cfg, rank, world, device, backend, pad_to)
         check_finite(stats, f"the test loss at step {progress.step}", cfg, savedir)  # never a diverged best
         accs, losses = stats.accuracies(), stats.losses()
-        tau = simulated_acceptance_length(accs)
+        tau = simulated_acceptance_length(stats.acceptances())  # an out-of-vocabulary target top-1 is a miss
         record = {"step": progress.step, "epoch": progress.epoch, "tau_sim": tau, "acc": accs, "loss": losses}
         progress.history.append(record)
         if reporter:
@@ -511,7 +511,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     if cfg.eval_every and progress.step == 0:
         run_eval()  # the starting point of the learning curve
-    window = torch.zeros(3, cfg.ttt_length, dtype=torch.float64, device=device)
+    window = torch.zeros(STATS_ROWS, cfg.ttt_length, dtype=torch.float64, device=device)
     window_tokens, window_start = 0, time.perf_counter()
     done = progress.step >= total_steps
     with quiet.progress("training", total=total_steps) as bar:
@@ -538,7 +538,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                 progress.step += 1
                 if progress.step % cfg.log_every == 0 or progress.step == total_steps:
                     summed = all_reduce_sum(torch.cat([window.flatten().cpu(), torch.tensor([window_tokens], dtype=torch.float64)]), device)
-                    s = StepStats.from_tensor(summed[:-1].view(3, cfg.ttt_length))
+                    s = StepStats.from_tensor(summed[:-1].view(STATS_ROWS, cfg.ttt_length))
                     check_finite(s, f"the training loss at step {progress.step}", cfg, savedir)
                     elapsed = time.perf_counter() - window_start
                     tps = float(summed[-1]) / max(elapsed, 1e-9)

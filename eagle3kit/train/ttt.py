@@ -64,28 +64,45 @@ def label_positions(loss_mask: torch.Tensor) -> torch.Tensor:
     return need
 
 
+#: Rows of the per-step statistics :func:`ttt_loss` returns (see :class:`StepStats`).
+STATS_ROWS = 4
+
+
 @dataclass
 class StepStats:
     """Per-step sums over counted positions (they add up across batches and ranks)."""
 
     loss_sum: list[float] = field(default_factory=list)
     correct: list[int] = field(default_factory=list)
-    count: list[int] = field(default_factory=list)
+    count: list[int] = field(default_factory=list)  # counted: an answer token whose target top-1 is in the vocabulary
+    #: every answer token the step predicts, its target top-1 in the draft vocabulary or not
+    answers: list[int] = field(default_factory=list)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "StepStats":
-        return cls(t[0].tolist(), [int(x) for x in t[1].tolist()], [int(x) for x in t[2].tolist()])
+        return cls(t[0].tolist(), [int(x) for x in t[1].tolist()], [int(x) for x in t[2].tolist()],
+                   [int(x) for x in t[3].tolist()] if t.shape[0] > 3 else [])
 
     def losses(self) -> list[float]:
         return [s / c if c else float("nan") for s, c in zip(self.loss_sum, self.count)]
 
     def accuracies(self) -> list[float]:
+        """Top-1 agreement at each step, over the counted positions (the trained ones)."""
         return [a / c if c else float("nan") for a, c in zip(self.correct, self.count)]
+
+    def acceptances(self) -> list[float]:
+        """Top-1 agreement at each step over every answer token: a target top-1 outside the
+        draft vocabulary is a miss, as in serving, where the draft cannot propose it."""
+        if not self.answers:
+            return self.accuracies()
+        return [a / n if n else float("nan") for a, n in zip(self.correct, self.answers)]
 
 
 def simulated_acceptance_length(accuracies: list[float]) -> float:
     """tau_sim = 1 + sum_k prod_{j<=k} acc_j: the expected tokens per target pass of a
-    chain whose step-k proposal is right with probability acc_k given the earlier ones."""
+    chain whose step-k proposal is right with probability acc_k given the earlier ones.
+    Give it :meth:`StepStats.acceptances` (every answer token, out-of-vocabulary targets
+    missed), not the accuracies over counted positions, which a small vocabulary inflates."""
     tau, run = 1.0, 1.0
     for acc in accuracies:
         if acc != acc:  # nan: no counted position at this step
@@ -155,13 +172,16 @@ class SoftCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def step_weights(loss_mask: torch.Tensor, doc_ids: torch.Tensor, in_vocab: torch.Tensor, k: int) -> torch.Tensor:
-    """(T,) bool: the positions t counted at TTT step k (see the module docstring)."""
+def step_weights(loss_mask: torch.Tensor, doc_ids: torch.Tensor, in_vocab: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(T,) bool: the positions t counted at TTT step k (see the module docstring);
+    ``in_vocab=None``: every position predicting an answer token, whatever the target's top-1."""
     n = loss_mask.numel()
     w = torch.zeros(n, dtype=torch.bool, device=loss_mask.device)
     m = n - k - 2
     if m > 0:
-        w[:m] = loss_mask[k + 2 :] & (doc_ids[k + 2 :] == doc_ids[:m]) & in_vocab[k + 1 : k + 1 + m]
+        w[:m] = loss_mask[k + 2 :] & (doc_ids[k + 2 :] == doc_ids[:m])
+        if in_vocab is not None:
+            w[:m] &= in_vocab[k + 1 : k + 1 + m]
     return w
 
 
@@ -225,8 +245,9 @@ def ttt_loss(
     """The TTT loss of one packed row, and per-step sums for logging.
 
     ``position_ids``, ``doc_ids``, ``loss_mask``: (T,). Returns ``(total, stats)`` with
-    ``stats`` a (3, ttt_length) float64 tensor on the device: per step the summed loss,
-    the top-1 agreements and the counted positions (:meth:`StepStats.from_tensor`).
+    ``stats`` a (4, ttt_length) float64 tensor on the device: per step the summed loss,
+    the top-1 agreements, the counted positions and every answer position, counted or not
+    (:meth:`StepStats.from_tensor`).
 
     Step k computes only the :func:`live_positions` (step 0 also gives every position's
     key and value). ``live_only=False`` runs every step on every position
@@ -288,5 +309,8 @@ def ttt_loss(
             total = total + loss_sum
         loss_sums.append(loss_sum.detach().double())
         corrects.append(correct.double())
-    stats = torch.stack([torch.stack(loss_sums), torch.stack(corrects), torch.tensor(sizes[:ttt_length], dtype=torch.float64, device=hidden.device)])
+    answers = torch.stack([step_weights(loss_mask, doc_ids, None, k).sum() for k in range(ttt_length)])
+    stats = torch.stack([torch.stack(loss_sums), torch.stack(corrects),
+                         torch.tensor(sizes[:ttt_length], dtype=torch.float64, device=hidden.device),
+                         answers.to(device=hidden.device, dtype=torch.float64)])
     return total, stats
