@@ -527,8 +527,14 @@ def load_hub(
         load_dataset = datasets.load_dataset
     if not source.repos:
         raise UserError(f"source {source.name!r} has no Hub repository; give a local copy with --source {source.name}:path=FILE")
+    from eagle3kit.hub import hub_unreachable
+
     attempts = []
     for repo in source.repos:
+        down = hub_unreachable() if attempts else None  # the first attempt may still find a cached copy
+        if down:  # the other mirrors fail the same way, each after the same minute of retries
+            attempts.append({"repo": repo.describe(), "error": f"not tried: the Hugging Face Hub cannot be reached ({down})"})
+            continue
         try:
             loaded = load_dataset(
                 repo.repo_id,

@@ -522,6 +522,24 @@ def test_hub_arguments_passed_to_load_dataset(tmp_path):
     assert raw.dataset == ["row"] and raw.origin == "org/b [train] (f1.json, f2.json)"
 
 
+def test_an_unreachable_hub_is_tried_once_not_once_per_mirror(tmp_path, monkeypatch):
+    from eagle3kit import hub
+
+    calls = []
+
+    def fake_load_dataset(repo_id, *args, **kwargs):
+        calls.append(repo_id)
+        raise ConnectionError(f"Couldn't reach '{repo_id}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "huggingface.co:443: Name or service not known")
+    source = Source(name="s", description="d", repos=(HubRepo("org/a"), HubRepo("org/b"), HubRepo("org/c")))
+    with pytest.raises(UserError) as info:
+        load_hub(source, tmp_path / "cache", log=lambda line: None, load_dataset=fake_load_dataset)
+    assert calls == ["org/a"]  # a cached copy of the first could still load; the others would each retry a minute
+    assert ("  - org/b [train]: not tried: the Hugging Face Hub cannot be reached (huggingface.co:443: Name or "
+            "service not known)\n") in str(info.value)
+
+
 def test_source_without_repositories_needs_a_path(tmp_path):
     with pytest.raises(UserError) as info:
         load_hub(LOCAL, tmp_path / "cache")
