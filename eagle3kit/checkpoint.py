@@ -19,16 +19,15 @@ The exporters and the checker (``eagle3kit export``) live in :mod:`eagle3kit.exp
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 from eagle3kit import __version__
 from eagle3kit.errors import UserError, first_line
+from eagle3kit.hub import hub_failure, is_hub_id
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -162,7 +161,7 @@ def resolve_draft(name: str | Path) -> Path:
             raise UserError(f"{name}: {run} has no best checkpoint (a run keeps one only when it evaluates on "
                             f"--testpath); give its latest: {run / 'latest' / 'draft'}")
     text = str(name)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise UserError(f"{name}: no such draft folder; give a folder with config.json and the weights "
                         "(for example checkpoints/best/draft) or a Hugging Face Hub id")
     try:
@@ -184,38 +183,6 @@ def resolve_draft(name: str | Path) -> Path:
         else:
             why = f"fetching it from the Hugging Face Hub failed ({first}); download it {download}"
         raise UserError(f"{name}: not a local folder, and {why}") from None
-
-
-#: Exception class names (any library: requests, httpx, huggingface_hub, the builtins) that mean
-#: the Hub could not be reached, as against refused.
-_NETWORK_ERRORS = {"ConnectionError", "ConnectError", "ConnectTimeout", "NetworkError", "TimeoutException", "Timeout",
-                   "TimeoutError", "ProxyError", "OfflineModeIsEnabled"}
-_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                   errno.ENETDOWN, errno.ETIMEDOUT}
-
-
-def hub_failure(error: BaseException) -> str | None:
-    """What made a Hugging Face Hub call fail, looking through the errors it wraps: ``"network"``
-    (no connection, DNS, a timeout, offline mode), ``"auth"`` (not logged in or no access: 401,
-    403, a gated repository, no token), ``"missing"`` (no such repository), or None."""
-    seen: set[int] = set()
-    cached_only = False  # huggingface_hub's "not in the cache, and the Hub gave nothing": why, if a cause says
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        names = {kind.__name__ for kind in type(error).__mro__}
-        cached_only = cached_only or "LocalEntryNotFoundError" in names
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if names & {"GatedRepoError", "LocalTokenNotFoundError"}:
-            return "auth"
-        if "RepositoryNotFoundError" in names:
-            return "missing"
-        if status in (401, 403):
-            return "auth"
-        code = getattr(error, "errno", None)
-        if names & _NETWORK_ERRORS or isinstance(error, socket.gaierror) or code in _NETWORK_ERRNOS:
-            return "network"
-        error = error.__cause__ or error.__context__
-    return "network" if cached_only else None
 
 
 def load_draft(path: str | Path, device=None, dtype=None):

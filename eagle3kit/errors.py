@@ -38,17 +38,21 @@ class RecordError(ValueError):
     """
 
 
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then the errors it was raised from or while handling (``__cause__``,
+    else ``__context__``), each once: libraries wrap the error that says what happened."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def was_interrupted(error: BaseException) -> bool:
     """True when ``error`` was raised while handling Ctrl-C: a worker pool that is
     interrupted raises its own error (``datasets``' map, a TimeoutError) over the
     KeyboardInterrupt."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in error_chain(error))
 
 
 @contextmanager

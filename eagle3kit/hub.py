@@ -7,16 +7,20 @@ and, when it is unreachable, asks ``from_pretrained`` for the local cache only: 
 model loads at once, and a missing one fails at once, with :func:`unreachable_note`
 saying why. Nothing is probed with ``HF_HUB_OFFLINE`` set (the cache only already), behind
 a proxy (a direct connection would fail where the proxy works), or for local folders.
+:func:`hub_failure` tells why a Hub call failed (network, login, no such repository).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from eagle3kit.errors import error_chain
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
@@ -57,3 +61,39 @@ def unreachable_note(path: str) -> str:
         return ""
     why = hub_unreachable()
     return f" The Hugging Face Hub cannot be reached ({why}), so only the local cache was looked in." if why else ""
+
+
+def absolute_target(path: str) -> str:
+    """A model as another process, started in another folder, finds it: an existing local
+    folder as an absolute path, anything else (a Hub id) as given."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.is_dir() else path
+
+
+#: Exception class names (any library: requests, httpx, huggingface_hub, the builtins) that mean
+#: the Hub could not be reached, as against refused.
+_NETWORK_ERRORS = {"ConnectionError", "ConnectError", "ConnectTimeout", "NetworkError", "TimeoutException", "Timeout",
+                   "TimeoutError", "ProxyError", "OfflineModeIsEnabled"}
+_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                   errno.ENETDOWN, errno.ETIMEDOUT}
+
+
+def hub_failure(error: BaseException) -> str | None:
+    """What made a Hugging Face Hub call fail, looking through the errors it wraps: ``"network"``
+    (no connection, DNS, a timeout, offline mode), ``"auth"`` (not logged in or no access: 401,
+    403, a gated repository, no token), ``"missing"`` (no such repository), or None."""
+    cached_only = False  # huggingface_hub's "not in the cache, and the Hub gave nothing": why, if a cause says
+    for error in error_chain(error):
+        names = {kind.__name__ for kind in type(error).__mro__}
+        cached_only = cached_only or "LocalEntryNotFoundError" in names
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if names & {"GatedRepoError", "LocalTokenNotFoundError"}:
+            return "auth"
+        if "RepositoryNotFoundError" in names:
+            return "missing"
+        if status in (401, 403):
+            return "auth"
+        code = getattr(error, "errno", None)
+        if names & _NETWORK_ERRORS or isinstance(error, socket.gaierror) or code in _NETWORK_ERRNOS:
+            return "network"
+    return "network" if cached_only else None

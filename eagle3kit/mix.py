@@ -186,7 +186,7 @@ def _load_sources(registry: Registry, specs: Sequence[SourceSpec], cache_dir: Pa
         source = registry.source(spec.name)
         options = resolve_options(source, spec)
         runs.append(SourceRun(source.name, source.plugin, source.plugin_version, options))
-    apply_weights([0] * len(runs), [run.options.get("weight") for run in runs])  # weights checked before any download
+    check_weights([run.options.get("weight") for run in runs])  # before any download
     for run in runs:
         source = registry.source(run.name)
         with ui.progress(f"loading {run.name}") as task:
@@ -286,6 +286,12 @@ def _left_out(run: SourceRun) -> str:
     return f"{len(run.converted)} read" + (f": {', '.join(drops)}" if drops else "")
 
 
+def check_weights(weights: Sequence[float | None]) -> None:
+    """A weight on every source or on none (they are shares of the whole mix)."""
+    if any(w is None for w in weights) and not all(w is None for w in weights):
+        raise UserError("give weight= to every --source or to none (weights are shares of the whole mix)")
+
+
 def apply_weights(sizes: Sequence[int], weights: Sequence[float | None]) -> list[int]:
     """How many conversations each source contributes so that shares follow ``weights``.
 
@@ -295,8 +301,7 @@ def apply_weights(sizes: Sequence[int], weights: Sequence[float | None]) -> list
     """
     if all(w is None for w in weights):
         return list(sizes)
-    if any(w is None for w in weights):
-        raise UserError("give weight= to every --source or to none (weights are shares of the whole mix)")
+    check_weights(weights)
     total = sum(weights)
     shares = [w / total for w in weights]
     n = min(size / share for size, share in zip(sizes, shares))

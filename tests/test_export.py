@@ -895,7 +895,7 @@ def test_hub_failures_are_told_apart():
 
     from huggingface_hub import errors
 
-    from eagle3kit.checkpoint import hub_failure
+    from eagle3kit.hub import hub_failure
 
     def wrapped(cause):
         try:

@@ -12,7 +12,8 @@ from typing import Any
 
 from eagle3kit import __version__
 from eagle3kit.eval.report import sampling_filters
-from eagle3kit.export.folder import ENGINE, absolute_target
+from eagle3kit.export.folder import ENGINE
+from eagle3kit.hub import absolute_target
 
 CARD = "README.md"
 #: Draft tokens per pass of the serve command (and the speculators config) with no eval report to follow.

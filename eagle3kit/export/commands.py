@@ -8,13 +8,13 @@ import json
 import shlex
 from pathlib import Path
 
-from eagle3kit.checkpoint import hub_failure
 from eagle3kit.errors import UserError, first_line
 from eagle3kit.export.card import serve_hint, serving_tree
 from eagle3kit.export.check import _check_folder, _engine_problems
 from eagle3kit.export.folder import ENGINE, MARKER, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
 from eagle3kit.export.problem import Problem
 from eagle3kit.export.write import export_draft
+from eagle3kit.hub import hub_failure
 
 
 def _loads_in(problems_by_fmt: dict[str, list[Problem]]) -> list[str]:

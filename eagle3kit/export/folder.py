@@ -111,13 +111,6 @@ def read_folder(path: str | Path) -> DraftFolder:
     return DraftFolder(path, config, tensors, [f.name for f in files])
 
 
-def absolute_target(basepath: str) -> str:
-    """``basepath`` as a server started in another folder finds it: an existing local folder as an
-    absolute path, anything else (a Hub id) as given."""
-    path = Path(basepath).expanduser()
-    return str(path.resolve()) if path.is_dir() else basepath
-
-
 def positions_from_target(config: dict[str, Any]) -> bool:
     """Whether eagle3kit's trainer took this draft's ``max_position_embeddings`` from the target's
     config: :meth:`~eagle3kit.train.draft.DraftConfig.from_target` records the target's layer count

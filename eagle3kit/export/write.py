@@ -16,8 +16,8 @@ from eagle3kit.errors import UserError
 from eagle3kit.export.card import CARD, draft_steps, measured_steps, model_card
 from eagle3kit.export.check import _check_folder
 from eagle3kit.export.folder import (FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
-                                     DraftFolder, _canonical, _int, absolute_target, positions_from_target, read_folder,
-                                     read_target_config)
+                                     DraftFolder, _canonical, _int, positions_from_target, read_folder, read_target_config)
+from eagle3kit.hub import absolute_target
 from eagle3kit.export.problem import Problem
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from eagle3kit.errors import RecordError, UserError, interrupts_in_main_only
+from eagle3kit.errors import RecordError, UserError, error_chain, interrupts_in_main_only
 from eagle3kit.train.mask import tokenize_batch
 from eagle3kit.unified import validate_unified
 
@@ -119,9 +119,7 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
             gen_kwargs={"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
         )
     except Exception as error:  # datasets wraps the reader's UserError; show the reader's message
-        cause = error
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
+        cause = next((e for e in error_chain(error) if isinstance(e, UserError)), None)
         if cause is None:
             raise
         raise cause from None

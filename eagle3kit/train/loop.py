@@ -29,6 +29,7 @@ from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text
 from eagle3kit.checkpoint import load_draft, save_draft
 from eagle3kit.errors import UserError, first_line
+from eagle3kit.hub import absolute_target, hub_kwargs, unreachable_note
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import TokenizedData, load_tokenized
 from eagle3kit.train.distributed import all_reduce_sum, gather_objects, init_distributed, rank0_first
@@ -277,18 +278,11 @@ def check_finite(stats: StepStats, what: str, cfg: TrainConfig, savedir: Path) -
                                                         else ""))
 
 
-def recorded_target(basepath: str) -> str:
-    """The target as a draft records it: a local folder as an absolute path (an export or an
-    eval run from another folder finds it), a Hub id as given."""
-    path = Path(basepath).expanduser()
-    return str(path.resolve()) if path.is_dir() else basepath
-
-
 def draft_config_for(target_config, draft_vocab_size: int, cfg: TrainConfig) -> DraftConfig:
     """A new draft's configuration for the target (its sizes and positions, ``--aux-layers``)."""
     try:
         return DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers,
-                                       target_model=recorded_target(cfg.basepath))
+                                       target_model=absolute_target(cfg.basepath))
     except ValueError as error:
         raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
 
@@ -303,8 +297,6 @@ def dry_run(cfg: TrainConfig, data: Prepared, plan: Plan, start, world: int, ker
             ui: UI) -> dict[str, Any]:
     """``train --dry-run``: the plan from the target's config alone (no weights read)."""
     from transformers import AutoConfig
-
-    from eagle3kit.hub import hub_kwargs, unreachable_note
 
     try:
         config = AutoConfig.from_pretrained(cfg.basepath, **hub_kwargs(cfg.basepath))
@@ -384,7 +376,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                               tp_mesh=tp_mesh)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
-        draft = continue_from(start, model.config, cfg.aux_layers, recorded_target(cfg.basepath), cfg.init_draft,
+        draft = continue_from(start, model.config, cfg.aux_layers, absolute_target(cfg.basepath), cfg.init_draft,
                               warn=quiet.warn)  # silent on the other ranks
         draft_config = draft.config
     else:
