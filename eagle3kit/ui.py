@@ -17,8 +17,13 @@ def make_console(**kwargs):
     (a log, a batch job's output), where Rich would cut tables at 80. COLUMNS wins."""
     from rich.console import Console
 
+    # read here, not by Rich: its default environment is the os.environ of its import, and
+    # datasets' map with num_proc rebinds os.environ to a copy
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return Console(width=int(columns), **kwargs)
     console = Console(**kwargs)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    if not console.is_terminal:
         console = Console(width=200, **kwargs)
     return console
 
