@@ -27,6 +27,7 @@ from typing import Any
 
 from eagle3kit import __version__
 from eagle3kit.errors import UserError, first_line
+from eagle3kit import hub
 from eagle3kit.hub import hub_failure, is_hub_id
 
 CONFIG = "config.json"
@@ -167,11 +168,16 @@ def resolve_draft(name: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.pt"]))
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.pt"],
+                                      **hub.hub_kwargs(text)))  # the cache only, at once, when the Hub is unreachable
     except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: all the user's to fix
         first, cause = first_line(error), hub_failure(error)
         download = f"(`hf download {text} --local-dir DIR`) and pass the folder"
-        if cause == "network":
+        down = hub.hub_unreachable()
+        if cause == "network" and down:
+            why = (f"it is not in the local cache, and the Hugging Face Hub cannot be reached ({down}); download it "
+                   f"where the Hub can be reached {download}")
+        elif cause == "network":
             why = (f"the Hugging Face Hub could not be reached ({first}); check the connection (and that "
                    f"HF_HUB_OFFLINE is not set), or download it where the Hub can be reached {download}")
         elif cause == "auth":

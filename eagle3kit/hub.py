@@ -12,10 +12,12 @@ a proxy (a direct connection would fail where the proxy works), or for local fol
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,10 +27,13 @@ from eagle3kit.errors import error_chain
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
 
-def is_hub_id(path: str) -> bool:
-    """``org/name`` that is not a local path."""
+def is_hub_id(path: str, legacy: bool = False) -> bool:
+    """``org/name`` that is not a local path; with ``legacy``, also a bare ``name`` (``gpt2``:
+    ``from_pretrained`` looks one up on the Hub when no such folder exists)."""
     text = str(path)
-    return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    slashes = (0, 1) if legacy else (1,)
+    return (bool(text) and not Path(text).expanduser().exists() and text.count("/") in slashes
+            and not text.startswith((".", "/", "~")))
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,15 +57,31 @@ def hub_unreachable() -> str | None:
 def hub_kwargs(path: str) -> dict[str, Any]:
     """``from_pretrained`` arguments for ``path``: the local cache only when it is a Hub
     id and the Hub cannot be reached."""
-    return {"local_files_only": True} if is_hub_id(path) and hub_unreachable() else {}
+    return {"local_files_only": True} if is_hub_id(path, legacy=True) and hub_unreachable() else {}
 
 
 def unreachable_note(path: str) -> str:
     """What to add to a loading error about ``path`` when the Hub could not be reached."""
-    if not is_hub_id(path):
+    if not is_hub_id(path, legacy=True):
         return ""
     why = hub_unreachable()
     return f" The Hugging Face Hub cannot be reached ({why}), so only the local cache was looked in." if why else ""
+
+
+@contextlib.contextmanager
+def cache_only() -> Iterator[None]:
+    """Within it, ``datasets`` and ``huggingface_hub`` make no request, as under
+    ``HF_HUB_OFFLINE=1``: a cached dataset loads at once, a missing one fails at once
+    (both read the variable only when imported, so their flags are set here)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 def absolute_target(path: str) -> str:

@@ -18,6 +18,7 @@ the file size, nothing but a small index is written, and records of any shape su
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
@@ -527,36 +528,38 @@ def load_hub(
         load_dataset = datasets.load_dataset
     if not source.repos:
         raise UserError(f"source {source.name!r} has no Hub repository; give a local copy with --source {source.name}:path=FILE")
-    from eagle3kit.hub import hub_unreachable
+    from eagle3kit.hub import cache_only, hub_failure, hub_unreachable
 
+    down = hub_unreachable()  # then each mirror would retry for 24 s, and only the cache can answer: ask only it
     attempts = []
     for repo in source.repos:
-        down = hub_unreachable() if attempts else None  # the first attempt may still find a cached copy
-        if down:  # the other mirrors fail the same way, each after the same minute of retries
-            attempts.append({"repo": repo.describe(), "error": f"not tried: the Hugging Face Hub cannot be reached ({down})"})
-            continue
         try:
-            loaded = load_dataset(
-                repo.repo_id,
-                repo.name,
-                split=repo.split,
-                data_files=_data_files(repo),
-                revision=repo.revision,
-                cache_dir=str(cache_dir / "hub"),
-            )
+            with cache_only() if down else contextlib.nullcontext():
+                loaded = load_dataset(
+                    repo.repo_id,
+                    repo.name,
+                    split=repo.split,
+                    data_files=_data_files(repo),
+                    revision=repo.revision,
+                    cache_dir=str(cache_dir / "hub"),
+                )
         except Exception as error:  # noqa: BLE001 - every failure is reported, then the next repo is tried
             reason = _one_line(error)
+            if down and hub_failure(error) == "network":
+                reason = f"not in the cache ({cache_dir / 'hub'}), and the Hugging Face Hub cannot be reached ({down})"
             attempts.append({"repo": repo.describe(), "error": reason})
             log(f"source {source.name}: could not load {repo.describe()}: {reason}")
             continue
         attempts.append({"repo": repo.describe(), "error": ""})
         return RawData(loaded, repo.describe(), f"{repo.repo_id} row {{row}}", attempts)
     tried = "\n".join(f"  - {a['repo']}: {a['error']}" for a in attempts)
-    raise UserError(
-        f"could not load source {source.name!r} from any of its repositories:\n{tried}\n"
-        f"Check the network (HF_HUB_OFFLINE, HF_ENDPOINT), or download a copy and pass "
-        f"--source {source.name}:path=FILE_OR_DIR"
-    )
+    advice = ("Check the network (HF_HUB_OFFLINE, HF_ENDPOINT), or download a copy and pass "
+              f"--source {source.name}:path=FILE_OR_DIR")
+    if down:
+        advice = (f"Load it once where the Hub can be reached (with the same --cache-dir), or download a copy there "
+                  f"(hf download --repo-type dataset {source.repos[0].repo_id} --local-dir DIR) and pass "
+                  f"--source {source.name}:path=DIR")
+    raise UserError(f"could not load source {source.name!r} from any of its repositories:\n{tried}\n{advice}")
 
 
 def _data_files(repo: HubRepo):

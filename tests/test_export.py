@@ -963,6 +963,24 @@ def test_hub_errors_name_the_cause_and_the_installed_cli(tmp_path, monkeypatch):
         "someone/draft: not a local folder, and the Hugging Face Hub could not be reached (Got: ConnectError: "
         "[Errno -2] Name or service not known); check the connection (and that HF_HUB_OFFLINE is not set), or "
         "download it where the Hub can be reached (`hf download someone/draft --local-dir DIR`) and pass the folder")
+    from eagle3kit import hub
+
+    asked = []
+
+    def from_the_cache_only(repo_id, **kwargs):  # as huggingface_hub answers local_files_only with nothing cached
+        asked.append(kwargs.get("local_files_only"))
+        raise errors.LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder")
+
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "huggingface.co:443: Name or service not known")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", from_the_cache_only)
+    with pytest.raises(UserError) as error:
+        resolve_draft("someone/draft")
+    assert asked == [True]  # not a minute of retries: the cache only
+    assert str(error.value) == (
+        "someone/draft: not a local folder, and it is not in the local cache, and the Hugging Face Hub cannot be "
+        "reached (huggingface.co:443: Name or service not known); download it where the Hub can be reached (`hf "
+        "download someone/draft --local-dir DIR`) and pass the folder")
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     gated = _hub_http_error(errors.GatedRepoError, 403)
     assert download(gated) == (f"someone/draft: not a local folder, and the Hugging Face Hub refused access to it "
                                f"({gated}); log in with an account that may read it (`hf auth login` or HF_TOKEN; "

@@ -39,12 +39,16 @@ def test_hub_ids_and_local_paths(tmp_path):
     assert hub.is_hub_id("meta-llama/Llama-3.1-8B-Instruct")
     assert not hub.is_hub_id(str(tmp_path))  # a folder that exists
     assert not hub.is_hub_id("./org/name") and not hub.is_hub_id("a/b/c") and not hub.is_hub_id("name")
+    assert hub.is_hub_id("gpt2", legacy=True) and hub.is_hub_id("org/name", legacy=True)  # targets may be legacy names
+    assert not hub.is_hub_id(str(tmp_path), legacy=True) and not hub.is_hub_id("./name", legacy=True)
+    assert not hub.is_hub_id("", legacy=True)
 
 
 def test_an_unreachable_hub_means_the_local_cache_only(network, monkeypatch, tmp_path):
     assert hub.hub_unreachable() == "huggingface.co:443: Name or service not known"
     assert hub.hub_kwargs("org/model") == {"local_files_only": True}
     assert hub.hub_kwargs(str(tmp_path)) == {}  # a local folder never asks the Hub
+    assert hub.hub_kwargs("mistyped-folder") == {"local_files_only": True}  # or a legacy name: the cache only
     hub.hub_unreachable()
     assert network.tried == [(("huggingface.co", 443), 5)]  # probed once per process
     hub.hub_unreachable.cache_clear()
@@ -71,5 +75,17 @@ def test_loading_a_target_from_an_unreachable_hub_says_why(network):
         load_tokenizer("someone/no-such-model")
     message = str(error.value)
     assert message.startswith("cannot load the tokenizer of 'someone/no-such-model': ")
+    assert ("The Hugging Face Hub cannot be reached (huggingface.co:443: Name or service not known), so only the local "
+            "cache was looked in.") in message
+
+
+def test_a_missing_folder_without_a_slash_is_named_as_both_a_folder_and_a_hub_name(network):
+    from eagle3kit.train.target import load_tokenizer
+
+    with pytest.raises(UserError) as error:
+        load_tokenizer("my-target")
+    message = str(error.value)
+    assert message.startswith("cannot load the tokenizer of 'my-target': no such folder here, and as a Hugging Face "
+                              "Hub name: ")
     assert ("The Hugging Face Hub cannot be reached (huggingface.co:443: Name or service not known), so only the local "
             "cache was looked in.") in message

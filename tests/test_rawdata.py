@@ -522,22 +522,83 @@ def test_hub_arguments_passed_to_load_dataset(tmp_path):
     assert raw.dataset == ["row"] and raw.origin == "org/b [train] (f1.json, f2.json)"
 
 
-def test_an_unreachable_hub_is_tried_once_not_once_per_mirror(tmp_path, monkeypatch):
+def test_an_unreachable_hub_is_asked_nothing_each_mirror_only_the_cache(tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
     from eagle3kit import hub
 
     calls = []
 
     def fake_load_dataset(repo_id, *args, **kwargs):
-        calls.append(repo_id)
-        raise ConnectionError(f"Couldn't reach '{repo_id}' on the Hub (LocalEntryNotFoundError)")
+        calls.append((repo_id, datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE))
+        raise ConnectionError(f"Couldn't reach '{repo_id}' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(hub, "hub_unreachable", lambda: "huggingface.co:443: Name or service not known")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     source = Source(name="s", description="d", repos=(HubRepo("org/a"), HubRepo("org/b"), HubRepo("org/c")))
     with pytest.raises(UserError) as info:
         load_hub(source, tmp_path / "cache", log=lambda line: None, load_dataset=fake_load_dataset)
-    assert calls == ["org/a"]  # a cached copy of the first could still load; the others would each retry a minute
-    assert ("  - org/b [train]: not tried: the Hugging Face Hub cannot be reached (huggingface.co:443: Name or "
-            "service not known)\n") in str(info.value)
+    # each mirror may be the one cached; none is asked of the Hub (each would retry for 24 s)
+    assert calls == [("org/a", True, True), ("org/b", True, True), ("org/c", True, True)]
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == (False, False)  # as it was
+    assert str(info.value) == (
+        "could not load source 's' from any of its repositories:\n"
+        + "".join(f"  - org/{x} [train]: not in the cache ({tmp_path / 'cache' / 'hub'}), and the Hugging Face Hub "
+                  "cannot be reached (huggingface.co:443: Name or service not known)\n" for x in "abc")
+        + "Load it once where the Hub can be reached (with the same --cache-dir), or download a copy there "
+          "(hf download --repo-type dataset org/a --local-dir DIR) and pass --source s:path=DIR")
+
+
+UC_RECORDS = [ultrachat_record(("user", f"question {i}"), ("assistant", f"answer {i}"), prompt_id=str(i)) for i in range(3)]
+
+
+def _cache_as_if_loaded_from_the_hub(tmp_path, repo_id: str, split: str) -> Path:
+    """A ``datasets`` cache holding ``repo_id`` as a load from the Hub leaves it: a JSON
+    load's cached Arrow files, moved to where the Hub dataset's would be."""
+    import datasets
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in UC_RECORDS), encoding="utf-8")
+    cache = tmp_path / "cache"
+    datasets.load_dataset("json", data_files={split: str(raw)}, cache_dir=str(cache / "json-load"))
+    (built,) = [p for p in (cache / "json-load").glob("json/*/*/*") if p.is_dir()]
+    org, name = repo_id.split("/")
+    home = cache / "hub" / f"{org}___{name}" / "default" / "0.0.0" / built.name
+    home.parent.mkdir(parents=True)
+    built.rename(home)
+    (home / f"json-{split}.arrow").rename(home / f"{name}-{split}.arrow")
+    return cache
+
+
+def test_an_unreachable_hub_still_loads_a_cached_copy_at_once(tmp_path, monkeypatch):
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    from eagle3kit import hub
+
+    cache = _cache_as_if_loaded_from_the_hub(tmp_path, "org/ultra", "train_sft")
+    looked_up = []
+
+    def no_network(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "huggingface.co:443: Name or service not known")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the tests' environment sets it; users' does not
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    source = Source(name="s", description="d", repos=(HubRepo("org/gone", split="train_sft"),
+                                                      HubRepo("org/ultra", split="train_sft")))
+    logged = []
+    raw = load_hub(source, cache, log=logged.append)
+    assert [dict(r) for r in raw.dataset] == UC_RECORDS and raw.origin == "org/ultra [train_sft]"
+    assert looked_up == []  # not one request: the retries are what made this take a minute
+    assert logged == [f"source s: could not load org/gone [train_sft]: not in the cache ({cache / 'hub'}), and the "
+                      "Hugging Face Hub cannot be reached (huggingface.co:443: Name or service not known)"]
 
 
 def test_source_without_repositories_needs_a_path(tmp_path):

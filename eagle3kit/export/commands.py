@@ -64,9 +64,9 @@ def _problem_table(problems: list[Problem], title: str):
 
 def check_command(draft_dir: str | Path, fmt: str | None = None, basepath: str | None = None) -> list[Problem]:
     """``eagle3kit export --check DIR``: print the problems (or an OK summary); UserError on any error."""
-    from rich.console import Console
+    from eagle3kit.ui import make_console
 
-    console = Console()
+    console = make_console()
     folder = read_folder(draft_dir)
     problems = _check_folder(folder, fmt, basepath)
     errors = [p for p in problems if p.is_error]
@@ -86,9 +86,9 @@ def export_command(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepat
     """``eagle3kit export DRAFT_DIR --to FMT --out OUT``: write, check, print how to serve it;
     with ``push_to_hub``, upload the folder to that Hub repository. ``basepath`` defaults to the
     target the draft records, ``num_speculative_tokens`` to the eval report's steps (else 5)."""
-    from rich.console import Console
+    from eagle3kit.ui import make_console
 
-    console = Console()
+    console = make_console()
     report = _read_eval_report(eval_report) if eval_report else None
     out, warnings, notes = export_draft(draft_dir, fmt, out_dir, basepath=basepath,
                                         num_speculative_tokens=num_speculative_tokens, eval_report=report,

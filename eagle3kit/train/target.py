@@ -34,6 +34,8 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
         reason = "it is a file, not a folder"
     elif not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         reason = "no such folder"
+    elif not local.exists() and "/" not in path:  # a mistyped folder, or a legacy Hub name (gpt2)
+        reason = f"no such folder here, and as a Hugging Face Hub name: {first_line(error).rstrip('.')}"
     else:
         reason = first_line(error).rstrip(".")
     return UserError(f"cannot load {what} {path!r}: {reason}.{unreachable_note(path)} Give a local folder with "
