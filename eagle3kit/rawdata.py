@@ -338,7 +338,7 @@ def load_local(source: Source, path: str, cache_dir: Path, split: str | None = N
         except Exception as error:  # noqa: BLE001 - a damaged folder is the user's to fix
             raise UserError(f"{opt}: cannot read this save_to_disk folder: {_one_line(error)}") from None
         if isinstance(loaded, datasets.DatasetDict):
-            loaded = _pick_split(source, loaded, origin, split, opt)
+            loaded = _pick_split(source, loaded, opt, split)
         elif split:
             raise UserError(f"{opt}: the folder holds one dataset, not splits; leave out split={split}")
         return RawData(loaded, origin, f"{origin} row {{row}}")
@@ -426,15 +426,7 @@ def _load_parquet_folder(source: Source, folder: Path, parquet: list[Path], spli
         splits = {name: found for name, found in splits.items() if found}
     except Exception:  # noqa: BLE001 - no split layout: every file is the one split
         splits = {}
-    if not splits or (len(splits) == 1 and not split):
-        chosen = [str(f) for f in parquet] if not splits else next(iter(splits.values()))
-    else:  # as for a save_to_disk folder: the split asked for, else the source's, else train
-        wanted = [split] if split else [r.split for r in source.repos] + ["train"]
-        found = [name for name in wanted if name in splits]
-        if not found:
-            raise UserError(f"{opt}: the folder holds the splits {', '.join(sorted(splits))}, not {wanted[0]!r}; "
-                            f"pick one with split=NAME")
-        chosen = splits[found[0]]
+    chosen = _pick_split(source, splits, opt, split) if splits else [str(f) for f in parquet]
     try:
         loaded = datasets.load_dataset("parquet", data_files=chosen, split="train", cache_dir=str(cache_dir / "hub"))
     except Exception as error:  # noqa: BLE001 - a damaged file is the user's to fix
@@ -495,18 +487,17 @@ def _is_json_lines(p: Path) -> bool:
     return not head.startswith("[")
 
 
-def _pick_split(source: Source, loaded, origin: str, split: str | None = None, opt: str = ""):
-    if split:
-        if split not in loaded:
-            raise UserError(f"{opt or origin}: the folder holds the splits {', '.join(loaded)}, not {split!r}")
-        return loaded[split]
-    wanted = [r.split for r in source.repos] + ["train"]
+def _pick_split(source: Source, splits: Mapping[str, Any], opt: str, split: str | None = None):
+    """Of a folder's ``splits`` (name -> data), the one asked for with ``split=``, else the
+    one the source's repositories name, else ``train``, else the only one."""
+    wanted = [split] if split else [r.split for r in source.repos] + ["train"]
     for name in wanted:
-        if name in loaded:
-            return loaded[name]
-    if len(loaded) == 1:
-        return next(iter(loaded.values()))
-    raise UserError(f"{origin}: holds splits {', '.join(loaded)}; none is {wanted[0]!r}; pick one with split=NAME")
+        if name in splits:
+            return splits[name]
+    if len(splits) == 1 and not split:
+        return next(iter(splits.values()))
+    raise UserError(f"{opt}: the folder holds the splits {', '.join(sorted(splits))}, not {wanted[0]!r}; "
+                    "pick one with split=NAME")
 
 
 # --------------------------------------------------------------------------- the Hub

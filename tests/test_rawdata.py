@@ -164,7 +164,8 @@ def test_load_save_to_disk_dataset_dict_picks_the_sources_split(tmp_path):
     assert rows(load_local(ULTRA, str(folder), tmp_path / "cache")) == RECORDS
     with pytest.raises(UserError) as info:
         load_local(LOCAL, str(folder), tmp_path / "cache")
-    assert str(info.value) == f"{folder}: holds splits test_sft, train_sft; none is 'train'; pick one with split=NAME"
+    assert str(info.value) == (f"--source local:path={folder}: the folder holds the splits test_sft, train_sft, not "
+                               "'train'; pick one with split=NAME")
     assert rows(load_local(LOCAL, str(folder), tmp_path / "cache", split="test_sft")) == RECORDS[:1]
 
 
