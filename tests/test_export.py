@@ -991,3 +991,25 @@ def test_hub_errors_name_the_cause_and_the_installed_cli(tmp_path, monkeypatch):
     assert download(RuntimeError("boom")) == ("someone/draft: not a local folder, and fetching it from the Hugging "
                                               "Face Hub failed (boom); download it (`hf download someone/draft "
                                               "--local-dir DIR`) and pass the folder")
+
+
+def test_a_pushed_speculators_export_names_its_verifier_by_hub_id(draft_dir, tmp_path):
+    target = write_target(tmp_path / "target")
+    config = json.loads((target / "config.json").read_text())
+    config["_name_or_path"] = "org/target-instruct"  # the Hub id from_pretrained loaded it from
+    (target / "config.json").write_text(json.dumps(config))
+
+    def verifier(out, served_as):
+        _, _, notes = export_draft(draft_dir, "speculators", tmp_path / out, basepath=str(target), served_as=served_as)
+        spec = json.loads((tmp_path / out / CONFIG).read_text())["speculators_config"]
+        return spec["verifier"]["name_or_path"], [n for n in notes if n.startswith("--push-to-hub")]
+
+    assert verifier("here", None) == (str(target), [])  # served from this machine: the folder itself
+    assert verifier("pushed", "me/draft") == ("org/target-instruct", [
+        f"--push-to-hub: the verifier is recorded as org/target-instruct, the Hub id {target}/config.json records, "
+        "so that `vllm serve` of the pushed repository finds it"])
+    del config["_name_or_path"]
+    (target / "config.json").write_text(json.dumps(config))
+    assert verifier("pushed-local", "me/draft") == (str(target), [
+        f"--push-to-hub: the verifier is recorded as the local folder {target}, which `vllm serve` of the pushed "
+        "repository finds only on this machine; give --basepath the target's Hub id to record that instead"])

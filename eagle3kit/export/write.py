@@ -240,7 +240,17 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
         notes.append(f"--num-speculative-tokens {steps}, but the eval report measured {measured} draft tokens per "
                      "pass: the acceptance the model card quotes is for those")
     if fmt == "speculators":
-        config_json = speculators_config(servable, basepath, _target_architectures(folder, target), steps)
+        verifier = basepath
+        if served_as and Path(basepath).is_dir():  # `vllm serve REPO` elsewhere reads the verifier from the config
+            from eagle3kit.export.card import base_model_of
+
+            verifier = base_model_of(basepath) or basepath
+            notes.append(f"--push-to-hub: the verifier is recorded as {verifier}, the Hub id {basepath}/config.json "
+                         "records, so that `vllm serve` of the pushed repository finds it" if verifier != basepath else
+                         f"--push-to-hub: the verifier is recorded as the local folder {basepath}, which `vllm serve` "
+                         f"of the pushed repository finds only on this machine; give --basepath the target's Hub id "
+                         "to record that instead")
+        config_json = speculators_config(servable, verifier, _target_architectures(folder, target), steps)
         tensors = {("layers.0." + k[len("midlayer."):] if k.startswith("midlayer.") else k): v for k, v in tensors.items()}
     else:
         config_json = servable
