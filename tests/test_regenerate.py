@@ -9,6 +9,7 @@ same answers. Nothing sleeps: back-off is switched off (``backoff_base=0``)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from eagle3kit.regenerate import (
     strip_think,
     work_path,
 )
-from helpers import RecordingUI
+from helpers import G, H, RecordingUI
 
 
 # --------------------------------------------------------------------------- data
@@ -243,6 +244,8 @@ def test_server_failures_retries_truncation_and_resume(tmp_path):
                                      "reason": "HTTP 400: this prompt is not allowed"}]
     assert manifest["failure_reasons"] == {"HTTP 400: this prompt is not allowed": 1}
     assert any("'poison' failed at assistant turn 1: HTTP 400" in w for w in ui.warnings)
+    assert "1 record failed for the reasons above, which a retry meets again: --resume retries failed records once " \
+           "their cause is fixed" in ui.logs  # a 400 is the request's fault, not the network's
     assert manifest["read"] == len(rs) == manifest["regenerated"] + manifest["failed"] + manifest["skipped"]
     assert manifest["truncated_answers"] == 1
     out = {r["id"]: r for r in read_jsonl(Path(cfg.out_path))}
@@ -266,10 +269,12 @@ def test_retries_exhausted_and_a_server_that_is_down(tmp_path):
     def always_503(payload, attempt):
         return (503, {"error": {"message": "overloaded"}}) if "q two" in last_user(payload["messages"]) else None
 
+    ui = RecordingUI()
     with ChatServer(fail=always_503) as server:
-        manifest = run_regenerate(server_cfg(tmp_path, server, src, retries=2), RecordingUI())
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, retries=2), ui)
         tries = [s for p, s in server.requests if last_user(p["messages"]) == "q two"]
     assert tries == [503, 503, 503]
+    assert "re-run with --resume to retry the 1 failed record" in ui.logs  # an overloaded server may answer later
     assert manifest["failures"] == [{"id": "three", "turn": 1, "reason": "HTTP 503: overloaded (after 3 attempts)"}]
 
     # nothing listening: a clear error at once, nothing written
@@ -609,6 +614,49 @@ def test_in_process_truncation_is_marked_and_counted(tmp_path, tiny, one_thread)
     out = read_jsonl(tmp_path / "r.jsonl")
     assert manifest["truncated_answers"] == manifest["answers"] == answers_of(rs)
     assert all(r["truncated_turns"] == list(range(answers_of([r]))) for r in out)
+
+
+def test_a_prompt_near_the_models_context_gets_what_room_is_left(tmp_path, tiny, tiny_model, one_thread):
+    _, tokenizer = tiny_model
+
+    def prompt_tokens(question):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    short, cut, whole = "What is rain?", "Tell me about " + "the sea and " * 8 + "rain.", "Why? " * 60
+    context = prompt_tokens(cut) + 3
+    assert prompt_tokens(short) + 24 <= context <= prompt_tokens(whole)  # full room, 3 tokens, none
+    small = tmp_path / "small-context"
+    shutil.copytree(tiny, small)
+    config = json.loads((small / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (small / "config.json").write_text(json.dumps(config))
+    questions = {"short": short, "cut": cut, "whole": whole}
+    rs = [{"id": rid, "conversations": [H(q), G("old answer")]} for rid, q in questions.items()]
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    ui = RecordingUI()
+    manifest = run_regenerate(RegenConfig(basepath=str(small), input_path=str(src), out_path=str(tmp_path / "r.jsonl"),
+                                          max_new_tokens=24, batch_size=4, device="cpu"), ui)
+    out = {r["id"]: r for r in read_jsonl(tmp_path / "r.jsonl")}
+    for rid, room in (("short", 24), ("cut", 3)):  # as plain greedy decoding with that many new tokens
+        expected, truncated = direct_greedy(tiny_model, [{"role": "user", "content": questions[rid]}], room)
+        assert out[rid]["conversations"][1]["value"] == expected and (out[rid]["truncated_turns"] == [0]) == truncated
+    assert out["cut"]["truncated_turns"] == [0]
+    assert manifest["failures"] == [{"id": "whole", "turn": 0, "reason": f"the prompt has {prompt_tokens(whole)} "
+                                     f"tokens, the model's whole context of {context} tokens"}]
+    assert ui.warnings[0] == (f"1 prompt(s) left less than --max-new-tokens 24 in the model's {context}-token "
+                              "context: their answers end where the context does (marked truncated)")
+    assert ("1 record failed for the reasons above, which a retry meets again: --resume retries failed records once "
+            "their cause is fixed") in ui.logs
+
+    src = write_jsonl(tmp_path / "long.jsonl", rs[2:])
+    with pytest.raises(UserError) as error:  # nothing regenerated: an error, not exit 0 with an empty file
+        run_regenerate(RegenConfig(basepath=str(small), input_path=str(src), out_path=str(tmp_path / "l.jsonl"),
+                                   max_new_tokens=24, device="cpu"), RecordingUI())
+    assert str(error.value) == (f"no record was regenerated: all 1 failed (first: the prompt has {prompt_tokens(whole)} "
+                                f"tokens, the model's whole context of {context} tokens); every reason is in "
+                                f"{tmp_path / 'l.manifest.json'}")
 
 
 def test_server_serving_the_target_gives_the_same_answers(tmp_path, tiny, tiny_model, one_thread):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from eagle3kit.errors import UserError
@@ -47,6 +48,7 @@ class HFBackend:
             raise UserError(f"{cfg.basepath!r}: the tokenizer names no end-of-sequence token; cannot tell when an answer ends")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.cut_by_context = 0  # prompts that had less room left than --max-new-tokens
         self.max_batch = cfg.batch_size
         name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
         self.description = {"device": name, "dtype": str(dtype).replace("torch.", ""),
@@ -77,22 +79,28 @@ class HFBackend:
             ids = self.tokenizer([t for _, t in prompts], add_special_tokens=False)["input_ids"] if prompts else []
             jobs = []
             for (it, text), row in zip(prompts, ids):
-                if self.context and len(row) + self.cfg.max_new_tokens > self.context:
+                room = self.cfg.max_new_tokens if not self.context else min(self.cfg.max_new_tokens,
+                                                                            self.context - len(row))
+                if room < 1:
                     failed.append(Event(it, k, failure=Failure(
-                        f"the prompt has {len(row)} tokens; with --max-new-tokens {self.cfg.max_new_tokens} it exceeds "
-                        f"the model's context of {self.context} tokens")))
-                else:
-                    jobs.append((it, row, opened_in_prompt(text)))
+                        f"the prompt has {len(row)} tokens, the model's whole context of {self.context} tokens")))
+                else:  # an answer is cut where the context ends (and marked truncated), as a server cuts it
+                    self.cut_by_context += room < self.cfg.max_new_tokens
+                    jobs.append((it, row, opened_in_prompt(text), room))
             if failed:
                 recorder.record(failed)
             jobs.sort(key=lambda j: -len(j[1]))  # longest first: an out-of-memory shows at once
             at = 0
-            while at < len(jobs):
-                batch = jobs[at: at + self.max_batch]
+            while at < len(jobs):  # a batch shares one token budget: prompts near the context go with their like
+                batch = list(itertools.takewhile(lambda j: j[3] == jobs[at][3], jobs[at: at + self.max_batch]))
                 at += len(batch)
                 recorder.record(self._generate(batch, k))
+        if self.cut_by_context:
+            self.ui.warn(f"{self.cut_by_context} prompt(s) left less than --max-new-tokens {self.cfg.max_new_tokens} "
+                         f"in the model's {self.context}-token context: their answers end where the context does "
+                         "(marked truncated)")
 
-    def _generate(self, batch: list[tuple[Item, list[int], bool]], k: int) -> list[Event]:
+    def _generate(self, batch: list[tuple[Item, list[int], bool, int]], k: int) -> list[Event]:
         torch = self.torch
         try:
             return self._generate_batch(batch, k)
@@ -107,16 +115,16 @@ class HFBackend:
             half = len(batch) // 2
             return self._generate(batch[:half], k) + self._generate(batch[half:], k)
 
-    def _generate_batch(self, batch: list[tuple[Item, list[int], bool]], k: int) -> list[Event]:
+    def _generate_batch(self, batch: list[tuple[Item, list[int], bool, int]], k: int) -> list[Event]:
         torch, cfg = self.torch, self.cfg
-        width = max(len(row) for _, row, _ in batch)
+        width = max(len(row) for _, row, _, _ in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (_, row, _) in enumerate(batch):
+        for i, (_, row, _, _) in enumerate(batch):
             ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row):] = 1
         sampling = cfg.temperature > 0
-        options: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
+        options: dict[str, Any] = dict(max_new_tokens=batch[0][3], do_sample=sampling,
                                        eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
         if sampling:  # OpenAI semantics: temperature and top-p, no top-k
             options.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
@@ -125,7 +133,7 @@ class HFBackend:
         new = out[:, width:].tolist()
         eos = set(self.eos_ids)
         events = []
-        for (it, _, opened), row in zip(batch, new):
+        for (it, _, opened, _), row in zip(batch, new):
             end = next((i for i, t in enumerate(row) if t in eos), None)
             truncated = end is None
             tokens = row if truncated else row[:end]

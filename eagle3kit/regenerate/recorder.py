@@ -28,6 +28,7 @@ class Recorder:
     def __init__(self, log: WorkLog, task, max_consecutive_failures: int) -> None:
         self.log, self.task = log, task
         self.answers = self.truncated = self.conversations = self.failed = 0
+        self.retryable = 0  # failures that a later try may not repeat (the server down, a timeout)
         self.tokens: int | None = 0
         self.consecutive_failures = 0
         self.max_consecutive_failures = max_consecutive_failures
@@ -58,6 +59,7 @@ class Recorder:
                 item.failure = (e.turn, reason)
                 lines.append({"key": item.key, "src": item.src, "turn": e.turn, "failed": reason})
                 self.failed += 1
+                self.retryable += e.failure.transient
                 finished += 1
                 advance += len(item.turns) - e.turn
                 self.last_failure = reason

@@ -169,7 +169,14 @@ def run_regenerate(cfg: RegenConfig, ui: UI | None = None) -> dict[str, Any]:
         ui.log(f"this run: {recorder.conversations} conversations, {recorder.answers} answers in {gen_s:.1f} s: "
                f"{manifest['conversations_per_s']} conversations/s, "
                + (f"{tps} tokens/s" if tps is not None else "tokens/s unknown (the server reported no usage)"))
-    if failed:
-        ui.log(f"re-run with --resume to retry the {len(failed)} failed record{'s' * (len(failed) > 1)}")
+    plural = "s" * (len(failed) > 1)
+    if failed and recorder.retryable:
+        ui.log(f"re-run with --resume to retry the {len(failed)} failed record{plural}")
+    elif failed:
+        ui.log(f"{len(failed)} record{plural} failed for the reasons above, which a retry meets again: --resume "
+               "retries failed records once their cause is fixed")
     ui.log(f"wrote {out} and {manifest_file}")
+    if failed and not regenerated:
+        raise UserError(f"no record was regenerated: all {len(failed)} failed (first: {failures[0]['reason']}); "
+                        f"every reason is in {manifest_file}")
     return manifest
