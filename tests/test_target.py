@@ -201,6 +201,28 @@ def test_a_target_that_cannot_be_loaded_is_named(tmp_path):
             load_target_model(path, device=torch.device("cpu"), dtype=torch.float32)
 
 
+def test_a_target_whose_weights_are_cut_short_says_so(tiny_target, tmp_path):
+    import shutil
+
+    from eagle3kit.errors import UserError
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        folder = tmp_path / name
+        shutil.copytree(tiny_target, folder)
+        if name.endswith(".bin"):  # an older checkpoint's layout
+            from safetensors.torch import load_file
+
+            (folder / "model.safetensors").unlink()
+            torch.save(load_file(str(tiny_target / "model.safetensors")), folder / name)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])  # an interrupted download or copy
+        with pytest.raises(UserError) as error:
+            load_target_model(str(folder), device=torch.device("cpu"), dtype=torch.float32)
+        message = str(error.value)
+        assert message.startswith(f"cannot load the target model '{folder}': its weights cannot be read (")
+        assert message.endswith("); a file is incomplete or damaged (an interrupted download or copy): fetch it again")
+
+
 def test_a_base_model_without_a_chat_template_is_refused_by_every_command(tiny_target, mixed_data, tmp_path):
     """train, eval and regenerate all render conversations with the chat template: a base
     model's tokenizer is named at load time, before any weights are read."""

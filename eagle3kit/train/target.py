@@ -43,6 +43,15 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
                      "HF_HUB_OFFLINE=1 uses the local cache only).")
 
 
+def _damaged_weights(error: BaseException) -> bool:
+    """Whether loading failed on a weights file that is cut short or damaged."""
+    import pickle
+
+    names = {kind.__name__ for kind in type(error).__mro__}
+    return ("SafetensorError" in names or isinstance(error, pickle.UnpicklingError)
+            or (isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error)))
+
+
 def load_tokenizer(path: str, chat: bool = True, template_kwargs: dict[str, Any] | None = None):
     """The target's tokenizer (``AutoTokenizer.from_pretrained``), with a clear error;
     ``chat``: it must have a chat template (every command renders conversations with it),
@@ -89,7 +98,13 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
                 raise
             kwargs["attn_implementation"] = "eager"
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - sorted below: what a user can fix is said, the rest raised
+        if _damaged_weights(error):
+            raise UserError(f"cannot load the target model {path!r}: its weights cannot be read ({first_line(error)}); "
+                            "a file is incomplete or damaged (an interrupted download or copy): fetch it "
+                            "again") from None
+        if not isinstance(error, (OSError, ValueError)):
+            raise
         if tp_mesh is not None and "tp_plan" in str(error):
             raise UserError(f"cannot split the target {path!r} with --target-tp: {first_line(error)}") from None
         raise _load_error("the target model", path, error) from None
