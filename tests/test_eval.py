@@ -360,6 +360,17 @@ def test_a_draft_for_another_target_is_named(trained_run, tiny_target, mixed_dat
     result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(folder), "--data",
                                       str(mixed_data / "test.jsonl"), "--num-samples", "1"])
     assert result.exit_code == 2 and "trained for a target of hidden size 64" in result.output
+    layers = trained.config.target_num_layers
+    for change in ({"target_num_layers": layers + 2}, {"target_num_layers": 0, "aux_layers": [1, 2, layers + 1]}):
+        other = Eagle3Draft(dataclasses.replace(trained.config, **change))  # a target as wide, but deeper
+        other.set_vocab(trained.draft_ids)
+        folder = save_draft(other, tmp_path / f"deeper{len(change)}")
+        result = CliRunner().invoke(cli, ["eval", "--basepath", str(tiny_target), "--draft", str(folder), "--data",
+                                          str(mixed_data / "test.jsonl"), "--num-samples", "1"])
+        aux, depth = other.config.aux_layers, change["target_num_layers"] or "more"
+        assert result.exit_code == 2 and " ".join(result.stderr.split()).endswith(
+            f"Error: the draft reads hidden states {aux} of a target with {depth} decoder layers, the target "
+            f"'{tiny_target}' has {layers}: wrong target?")
 
 
 def test_eval_warns_when_prompts_are_rendered_otherwise_than_the_draft_was_trained(trained_run, tiny_target, mixed_data,

@@ -210,8 +210,12 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
     if text.hidden_size != draft.config.hidden_size or draft.config.target_hidden_size != text.hidden_size:
         raise UserError(f"the draft was trained for a target of hidden size {draft.config.target_hidden_size} (its own: "
                         f"{draft.config.hidden_size}), the target {cfg.basepath!r} has {text.hidden_size}: wrong target?")
+    layers, recorded = text.num_hidden_layers, draft.config.target_num_layers
+    if (recorded and recorded != layers) or any(not 0 <= i <= layers for i in draft.config.aux_layers or ()):
+        raise UserError(f"the draft reads hidden states {draft.config.aux_layers} of a target with "
+                        f"{recorded or 'more'} decoder layers, the target {cfg.basepath!r} has {layers}: wrong target?")
     if not draft.config.aux_layers:
-        draft.config.aux_layers = default_aux_layers(text.num_hidden_layers)
+        draft.config.aux_layers = default_aux_layers(layers)
         ui.warn(f"{cfg.draft_path} does not say which hidden states it was trained on; using "
                 f"{draft.config.aux_layers} (EAGLE-3's default)")
     template_warning = template_difference(getattr(draft, "trained_with", {}), cfg.chat_template_kwargs)

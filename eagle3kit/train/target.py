@@ -196,6 +196,8 @@ class FrozenTarget:
         self.layers = decoder_layers(model)
         self.num_layers = len(self.layers)
         self.aux_layers = list(aux_layers)
+        if any(not 0 <= i <= self.num_layers for i in self.aux_layers):  # callers check first, with a message
+            raise ValueError(f"hidden-state indices {self.aux_layers} of a target with {self.num_layers} layers")
         self.logits_chunk = logits_chunk
         self.device = next(model.parameters()).device
         self.embed_tokens = model.get_input_embeddings()
