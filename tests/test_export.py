@@ -800,10 +800,18 @@ def test_a_local_target_is_written_as_an_absolute_path_and_the_card_names_only_h
     serve = (f"python -m sglang.launch_server --model-path {here} --speculative-algorithm EAGLE3 "
              f"--speculative-draft-model-path {(tmp_path / 'sg').resolve()} --speculative-num-steps 5")
     assert serve in card and serve in result.stdout
-    # a path that is not here is no Hub id either
-    out, warnings, _ = export_draft(draft_dir, "vllm", "v", basepath="./elsewhere/target")
-    assert (out / "README.md").read_text().startswith("---\ntags:\n")
-    find(warnings, "--basepath", "warning", text="no local folder")
+    # a path that is not here is no Hub id either: a mistyped folder, refused before it is written in
+    for given, why in (("./elsewhere/target", "no such folder"), (str(tmp_path / "sg" / CONFIG), "a file, not a folder")):
+        with pytest.raises(UserError) as error:
+            export_draft(draft_dir, "vllm", tmp_path / "v", basepath=given)
+        assert str(error.value) == (f"--basepath {given}: {why}; give the target model's folder or its Hugging Face "
+                                    "name")
+        assert not (tmp_path / "v").exists()
+    # a folder the draft records, on the machine it was trained on: named, as an uncached Hub id is
+    gone = save_draft(make_draft(target_model="/elsewhere/target"), tmp_path / "gone")
+    out, warnings, notes = export_draft(gone, "vllm", tmp_path / "v")
+    assert notes[0].startswith("--basepath not given: using the target the draft records, /elsewhere/target (not a "
+                               "folder here nor in the Hugging Face cache")
 
 
 def test_export_takes_the_recorded_target_and_trusts_positions_the_trainer_took_from_it(tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 
 from eagle3kit.checkpoint import CONFIG, legacy_rope, resolve_draft
 from eagle3kit.errors import UserError
+from eagle3kit.hub import is_hub_id
 
 FORMATS = ("sglang", "vllm", "speculators")
 ENGINE = {"sglang": "SGLang", "vllm": "vLLM", "speculators": "vLLM (speculators)"}
@@ -132,6 +133,12 @@ def read_target_config(basepath: str | None) -> dict[str, Any] | None:
         file = path / CONFIG
         if not file.is_file():
             raise UserError(f"{basepath}: no {CONFIG}; give the target model's folder or its Hugging Face name")
+    elif path.exists():
+        raise UserError(f"--basepath {basepath}: a file, not a folder; give the target model's folder or its Hugging "
+                        "Face name")
+    elif not is_hub_id(str(basepath), legacy=True):  # ./x, /x, ~/x, a/b/c: a folder that is not there
+        raise UserError(f"--basepath {basepath}: no such folder; give the target model's folder or its Hugging Face "
+                        "name")
     else:
         try:
             from huggingface_hub import try_to_load_from_cache

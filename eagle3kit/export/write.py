@@ -221,7 +221,12 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     servable, config = _servable(folder)
     recorded = None if basepath else _recorded_target(folder, config)
     basepath = absolute_target(basepath or recorded) if basepath or recorded else None
-    target = read_target_config(basepath) if basepath else None
+    try:
+        target = read_target_config(basepath) if basepath else None
+    except UserError:
+        if not recorded:
+            raise
+        target = None  # a folder on the machine it was trained on: named only, as a Hub id not cached is
     checked_against = basepath
     if fmt == "speculators" and not basepath:
         raise UserError("--to speculators needs --basepath TARGET: the speculators config names the verifier (the "
