@@ -455,6 +455,55 @@ def test_breakdown_gives_tau_per_prompt_and_per_source():
     assert "by_source" not in breakdown([("x_1", 0), ("custom", 0)], [4, 4], [2, 2])  # ids of another form
 
 
+def test_the_bootstrap_interval_resamples_the_prompts_that_made_a_pass():
+    import numpy as np
+
+    from eagle3kit.eval.report import bootstrap_interval
+
+    def plain(produced, passes, seed=0, rounds=2000):  # resample prompts with a pass; the ratio of the sums
+        kept = [(p, n) for p, n in zip(produced, passes) if n]
+        rng = np.random.default_rng(seed)
+        ratios = []
+        for draw in rng.integers(0, len(kept), size=(rounds, len(kept))):
+            ratios.append(sum(kept[i][0] for i in draw) / sum(kept[i][1] for i in draw))
+        return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+    produced, passes = [12, 0, 7, 30, 0, 9], [4, 0, 3, 8, 0, 5]  # two prompts ended at their first token
+    assert bootstrap_interval(produced, passes) == pytest.approx(plain(produced, passes), rel=1e-12)
+    assert bootstrap_interval([2, 0, 0], [2, 0, 0]) == (1.0, 1.0)  # was (0.0, 1.0): below the least possible tau
+    assert bootstrap_interval([30] + [0] * 9, [10] + [0] * 9) == (3.0, 3.0)
+    low, high = bootstrap_interval([0, 0], [0, 0])
+    assert low != low and high != high  # no pass: no interval
+
+
+def test_eval_with_no_pass_is_an_error_and_reports_have_no_nan(trained_run, tiny_target, mixed_data, tmp_path):
+    from click.testing import CliRunner
+
+    from eagle3kit.cli import cli
+
+    args = ["eval", "--basepath", str(tiny_target), "--draft", str(trained_run / "best" / "draft"), "--data",
+            str(mixed_data / "test.jsonl"), "--num-samples", "2", "--no-baseline"]
+    result = CliRunner().invoke(cli, args + ["--max-new-tokens", "1", "--json", str(tmp_path / "one.json")])
+    assert result.exit_code == 2 and " ".join(result.stderr.split()).endswith(
+        "Error: no verification pass over 2 prompts: every answer ended at its first token, which the prompt's own "
+        "pass gives (--max-new-tokens 1); give a larger --max-new-tokens, or prompts the target answers at more length")
+    assert not (tmp_path / "one.json").exists()
+    result = CliRunner().invoke(cli, args + ["--max-new-tokens", "3", "--steps", "6", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.json").read_text()
+    report = json.loads(text)  # strict JSON: draft positions no pass reached are null, not NaN
+    assert "NaN" not in text and report["acceptance_rate"][-1] is None and report["tau"] >= 1
+
+    from eagle3kit.errors import UserError
+    from eagle3kit.export.commands import _read_eval_report
+
+    (tmp_path / "nan.json").write_text('{"tau": NaN}')  # what an older eval wrote for such a run
+    with pytest.raises(UserError) as error:
+        _read_eval_report(tmp_path / "nan.json")
+    assert str(error.value) == (f"--eval-report {tmp_path / 'nan.json'}: its tau is nan, not an acceptance length (at "
+                                "least 1); measure the draft again with `eagle3kit eval`")
+
+
 def test_eval_report_breaks_tau_down_by_prompt_and_source(trained_run, tiny_target, mixed_data, tmp_path):
     from train_fixtures import eval_report
 

@@ -15,13 +15,18 @@ if TYPE_CHECKING:
 
 
 def bootstrap_interval(produced: Sequence[int], passes: Sequence[int], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
-    """95% interval of sum(produced)/sum(passes), resampling prompts."""
+    """95% interval of sum(produced)/sum(passes), resampling the prompts that made a
+    verification pass (one that ended at its first token says nothing of the draft, and a
+    resample of only such prompts would have no ratio at all)."""
     import numpy as np
 
     produced, passes = np.asarray(produced, float), np.asarray(passes, float)
+    produced, passes = produced[passes > 0], passes[passes > 0]
+    if not len(passes):
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(produced), size=(rounds, len(produced)))
-    ratios = produced[idx].sum(1) / np.maximum(passes[idx].sum(1), 1)
+    ratios = produced[idx].sum(1) / passes[idx].sum(1)
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
@@ -76,8 +81,19 @@ def finish(ui: UI, report: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     if cfg.json_path:
         from eagle3kit.atomic import atomic_write_text
 
-        atomic_write_text(cfg.json_path, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(cfg.json_path, json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN (a draft position no pass reached) as null: strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def active_filters(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -250,6 +250,10 @@ def run_eval(cfg: EvalConfig, ui: UI | None = None) -> dict[str, Any]:
                 task.update(advance=1)
 
     report = summarize(spec, cfg.steps)
+    if not report["passes"]:
+        raise UserError(f"no verification pass over {len(prompts)} prompts: every answer ended at its first token, "
+                        f"which the prompt's own pass gives (--max-new-tokens {cfg.max_new_tokens}); give a larger "
+                        "--max-new-tokens, or prompts the target answers at more length")
     report.update(breakdown(origins, [sum(r.produced) for r in spec], [r.passes for r in spec]))
     report.update({
         "tree_size": size,

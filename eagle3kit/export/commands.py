@@ -117,6 +117,10 @@ def _read_eval_report(path: str | Path) -> dict:
         raise UserError(f"--eval-report {path}: not valid JSON ({error})") from None
     if not isinstance(report, dict) or "tau" not in report:
         raise UserError(f"--eval-report {path}: not an `eagle3kit eval --json` report (no tau)")
+    tau = report["tau"]
+    if not isinstance(tau, (int, float)) or tau != tau or tau < 1:
+        raise UserError(f"--eval-report {path}: its tau is {tau!r}, not an acceptance length (at least 1); measure "
+                        "the draft again with `eagle3kit eval`")
     return report
 
 
