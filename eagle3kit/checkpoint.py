@@ -220,12 +220,7 @@ def load_draft(path: str | Path, device=None, dtype=None):
     unexpected = sorted(k for k in state if k not in expected)
     wrong = [f"{k} {list(state[k].shape)} (config: {list(v.shape)})" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        arch = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-        layers = {k.removeprefix("model.").split(".")[1] for k in tensors if k.removeprefix("model.").startswith("layers.")}
-        if len(layers) > 1 and not any("eagle" in a.lower() for a in arch):  # midlayer may have been layers.0
-            raise UserError(f"{folder.path}: a whole model ({', '.join(arch) or 'no architecture'}, {len(layers | {'0'})} "
-                            "decoder layers), not an EAGLE-3 draft; give a draft folder, e.g. checkpoints/best/draft")
+    if missing or unexpected or wrong:  # a whole model was refused by read_folder
         raise UserError(f"{folder.path}: the weights do not match the config (missing: {_few(missing)}, unexpected: "
                         f"{_few(unexpected)}, other shapes: {_few(wrong)}); `eagle3kit export --check {path}` names "
                         "each problem")

@@ -1021,3 +1021,12 @@ def test_a_pushed_speculators_export_names_its_verifier_by_hub_id(draft_dir, tmp
     assert verifier("pushed-local", "me/draft") == (str(target), [
         f"--push-to-hub: the verifier is recorded as the local folder {target}, which `vllm serve` of the pushed "
         "repository finds only on this machine; give --basepath the target's Hub id to record that instead"])
+
+
+def test_a_whole_model_given_as_the_draft_is_one_line(tiny_target, tmp_path):
+    expected = (f"{tiny_target}: a whole model (LlamaForCausalLM, 6 decoder layers), not an EAGLE-3 draft; give a "
+                "draft folder, e.g. checkpoints/best/draft")
+    for args in (["--check", str(tiny_target)], [str(tiny_target), "--to", "sglang", "--out", str(tmp_path / "x")]):
+        result = invoke("export", *args)  # it was a table of every key the target has and a draft has not
+        assert result.exit_code == 2 and result.stderr.strip() == f"Error: {expected}"
+    assert not (tmp_path / "x").exists()

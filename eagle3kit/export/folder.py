@@ -86,9 +86,16 @@ def read_folder(path: str | Path) -> DraftFolder:
     files = sorted(path.glob("*.safetensors"))
     tensors: dict[str, Any] = {}
     if files:
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         for f in files:
+            try:
+                with safe_open(str(f), "pt") as header:
+                    names = list(header.keys())
+            except Exception as error:  # noqa: BLE001 - a corrupt file is the user's to fix
+                raise UserError(f"{f}: cannot read the safetensors file ({error})") from None
+            _refuse_a_whole_model(path, config, names)  # from the names alone: a whole model's weights are not read
             try:
                 tensors.update(load_file(str(f)))
             except Exception as error:  # noqa: BLE001 - a corrupt file is the user's to fix
@@ -109,7 +116,18 @@ def read_folder(path: str | Path) -> DraftFolder:
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise UserError(f"{f}: not a state dict of tensors")
             tensors.update(state)
+        _refuse_a_whole_model(path, config, list(tensors))
     return DraftFolder(path, config, tensors, [f.name for f in files])
+
+
+def _refuse_a_whole_model(path: Path, config: dict[str, Any], names: list[str]) -> None:
+    """UserError when the weights ``names`` hold several decoder layers and the config names
+    no EAGLE architecture: the target (or another model) given where a draft belongs."""
+    arch = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    layers = {n.removeprefix("model.").split(".")[1] for n in names if n.removeprefix("model.").startswith("layers.")}
+    if len(layers) > 1 and not any("eagle" in a.lower() for a in arch):
+        raise UserError(f"{path}: a whole model ({', '.join(arch) or 'no architecture'}, {len(layers)} decoder layers), "
+                        "not an EAGLE-3 draft; give a draft folder, e.g. checkpoints/best/draft")
 
 
 def positions_from_target(config: dict[str, Any]) -> bool:
