@@ -400,7 +400,8 @@ def export(draft_dir, fmt, out_dir, basepath, num_speculative_tokens, check_only
         raise click.UsageError("--private applies to the repository --push-to-hub REPO_ID creates; give both or neither")
     if check_only:
         writes = [name for name, given in (("--out", out_dir), ("--push-to-hub", push_to_hub),
-                                           ("--eval-report", eval_report)) if given]
+                                           ("--eval-report", eval_report),
+                                           ("--num-speculative-tokens", num_speculative_tokens)) if given]
         if writes:
             verb = "is" if len(writes) == 1 else "are"
             raise click.UsageError(f"--check only validates DRAFT_DIR; {', '.join(writes)} {verb} for an export: drop "

@@ -102,7 +102,15 @@ def test_eval_names_options_it_would_ignore_or_misread():
     assert ignored_options(EvalConfig(**base, acceptance="rejection", top_k=5, top_p=0.9, engine="vllm")) == [
         "--acceptance, --top-k, --top-p only apply with --temperature > 0; at 0 decoding is greedy",
         "--engine vllm only applies with --server"]
-    assert ignored_options(EvalConfig(**base, temperature=0.7, top_k=5, server="http://x", engine="vllm")) == []
+    assert ignored_options(EvalConfig(**base, temperature=0.7, top_k=5, server="http://x", engine="vllm")) == [
+        "with --server the server's own draft and drafting settings are measured; --draft is ignored"]
+    served = dict(basepath="t", data_path="d", draft_path=None, server="http://x")
+    assert ignored_options(EvalConfig(**served, temperature=0.7, top_k=5, engine="vllm", timeout=30)) == []
+    assert ignored_options(EvalConfig(**served, steps=3, dtype="float16", no_baseline=True, target_tp=2)) == [
+        "with --server the server's own draft and drafting settings are measured; --steps, --dtype, --no-baseline, "
+        "--target-tp are ignored"]
+    assert ignored_options(EvalConfig(**base, timeout=30, engine="sglang")) == [
+        "--engine sglang and --timeout 30 only apply with --server"]
 
 
 def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny_target, mixed_data):
@@ -134,6 +142,9 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
 def test_export_refuses_options_that_would_be_ignored(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(tmp_path), "--check", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--check only validates DRAFT_DIR; --out is for an export" in " ".join(result.output.split())
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), "--check", "--num-speculative-tokens", "3"])
+    assert result.exit_code == 2 and ("--check only validates DRAFT_DIR; --num-speculative-tokens is for an export"
+                                      in " ".join(result.output.split()))
     result = CliRunner().invoke(cli, ["export", str(tmp_path), "--to", "vllm", "--out", str(tmp_path / "o"), "--private"])
     assert result.exit_code == 2 and "--private applies to the repository --push-to-hub" in result.output
     assert not (tmp_path / "o").exists()

@@ -718,3 +718,18 @@ def test_template_kwargs_reach_the_server_and_a_resume_with_others_is_refused(tm
         again = server_cfg(tmp_path, server, src, resume=True)
         with pytest.raises(UserError, match=r"other settings \(chat_template_kwargs \{'enable_thinking': False\} -> None\)"):
             run_regenerate(again, RecordingUI())
+
+
+def test_options_the_backend_does_not_use_are_named(monkeypatch):
+    from eagle3kit.regenerate.config import ignored_options
+
+    monkeypatch.setenv("OPENAI_API_KEY", "from-the-environment")
+    assert ignored_options(RegenConfig("t", "i", "o", api_key="from-the-environment")) is None  # not given: read
+    assert ignored_options(RegenConfig("t", "i", "o", server_model="other", concurrency=8, api_key="k")) == (
+        "--model, --api-key, --concurrency only apply with --server, so they are ignored; in process, the model "
+        "that answers is --basepath")
+    assert ignored_options(RegenConfig("t", "i", "o", timeout=5)) == (
+        "--timeout only applies with --server, so it is ignored")
+    assert ignored_options(RegenConfig("t", "i", "o", server="http://x", batch_size=4, dtype="float16")) == (
+        "--batch-size, --dtype only apply without --server (in process), so they are ignored")
+    assert ignored_options(RegenConfig("t", "i", "o", server="http://x", concurrency=3, timeout=5)) is None

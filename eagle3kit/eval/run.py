@@ -129,8 +129,21 @@ def ignored_options(cfg: EvalConfig) -> list[str]:
                                        ("--top-p", cfg.top_p != 1.0)) if on]
         if given:
             out.append(f"{', '.join(given)} only apply with --temperature > 0; at 0 decoding is greedy")
-    if not cfg.server and cfg.engine != "auto":
-        out.append(f"--engine {cfg.engine} only applies with --server")
+    default = EvalConfig("", None, "")
+    if cfg.server:  # options of in-process decoding, set away from their defaults
+        given = [name for name, on in (
+            ("--draft", cfg.draft_path), ("--steps", cfg.steps != default.steps), ("--topk", cfg.topk != 1),
+            ("--num-draft-tokens", cfg.num_draft_tokens), ("--acceptance", cfg.acceptance),
+            ("--dtype", cfg.dtype != default.dtype), ("--no-baseline", cfg.no_baseline),
+            ("--seed", cfg.seed != default.seed), ("--target-tp", cfg.target_tp != 1)) if on]
+        if given:
+            out.append(f"with --server the server's own draft and drafting settings are measured; {', '.join(given)} "
+                       f"{'is' if len(given) == 1 else 'are'} ignored")
+    else:
+        given = [text for text, on in ((f"--engine {cfg.engine}", cfg.engine != "auto"),
+                                       (f"--timeout {cfg.timeout:g}", cfg.timeout != default.timeout)) if on]
+        if given:
+            out.append(f"{' and '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --server")
     return out
 
 
@@ -279,9 +292,6 @@ def _run_served(cfg: EvalConfig, ui: UI) -> dict[str, Any]:
     from eagle3kit.eval.server import served_acceptance
     from eagle3kit.train.target import load_tokenizer
 
-    if cfg.topk != 1 or cfg.num_draft_tokens or cfg.draft_path or cfg.acceptance:
-        ui.warn("with --server the server's own draft and drafting settings are measured; --draft, --steps, --topk, "
-                "--num-draft-tokens and --acceptance are ignored")
     tokenizer = load_tokenizer(cfg.basepath, template_kwargs=cfg.chat_template_kwargs)
     prompts, origins = _prompts(cfg, tokenizer, ui)
     sampling = {"temperature": cfg.temperature, **active_filters(asdict(cfg))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,27 @@ class RegenConfig:
     backoff_max: float = 60.0
     #: Abort when this many records in a row fail for transient reasons (server down). 0: max(32, 2 * concurrency).
     max_consecutive_failures: int = 0
+
+
+def ignored_options(cfg: RegenConfig) -> str | None:
+    """A warning naming the options given (set away from their defaults) that this run's
+    backend does not use, or None."""
+    default = RegenConfig("", "", "")
+    if cfg.server:
+        given = [name for name, on in (("--batch-size", cfg.batch_size != default.batch_size),
+                                       ("--dtype", cfg.dtype != default.dtype)) if on]
+        where, why = "without --server (in process)", ""
+    else:
+        given = [name for name, on in (
+            ("--model", cfg.server_model), ("--api-key", cfg.api_key and cfg.api_key != os.environ.get("OPENAI_API_KEY")),
+            ("--concurrency", cfg.concurrency != default.concurrency), ("--retries", cfg.retries != default.retries),
+            ("--timeout", cfg.timeout != default.timeout)) if on]
+        where, why = "with --server", "; in process, the model that answers is --basepath" if cfg.server_model else ""
+    if not given:
+        return None
+    one = len(given) == 1
+    return (f"{', '.join(given)} only appl{'ies' if one else 'y'} {where}, so {'it is' if one else 'they are'} "
+            f"ignored{why}")
 
 
 def _stem(out: Path) -> str:

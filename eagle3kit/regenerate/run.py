@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing
 from eagle3kit.errors import UserError
-from eagle3kit.regenerate.config import RegenConfig, manifest_path, work_path
+from eagle3kit.regenerate.config import RegenConfig, ignored_options, manifest_path, work_path
 from eagle3kit.regenerate.hf import HFBackend
 from eagle3kit.regenerate.recorder import Recorder
 from eagle3kit.regenerate.records import Item, read_items, regenerated_record
@@ -51,6 +51,9 @@ def run_regenerate(cfg: RegenConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError(f"--reasoning must be keep or drop, not {cfg.reasoning!r}")
     if cfg.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise UserError(f"--dtype must be auto, bfloat16, float16 or float32, not {cfg.dtype!r}")
+    warning = ignored_options(cfg)
+    if warning:
+        ui.warn(warning)
     out = Path(cfg.out_path)
     work, manifest_file = work_path(out), manifest_path(out)
     if out.exists() and Path(cfg.input_path).exists() and out.resolve() == Path(cfg.input_path).resolve():
