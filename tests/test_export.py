@@ -814,7 +814,7 @@ def test_a_local_target_is_written_as_an_absolute_path_and_the_card_names_only_h
                                "folder here nor in the Hugging Face cache")
 
 
-def test_export_takes_the_recorded_target_and_trusts_positions_the_trainer_took_from_it(tmp_path):
+def test_export_takes_the_recorded_target_and_trusts_positions_the_trainer_took_from_it(tmp_path, capsys):
     short = save_draft(make_draft(max_position_embeddings=4096), tmp_path / "short")  # trained for tiny/target
     assert check_draft(short) == []  # the trainer copied the target's 4096: nothing to warn about
     out, warnings, notes = export_draft(short, "sglang", tmp_path / "sg")
@@ -840,6 +840,13 @@ def test_export_takes_the_recorded_target_and_trusts_positions_the_trainer_took_
     write_target(target, max_position_embeddings=131072)
     with pytest.raises(UserError, match="max_position_embeddings"):
         export_draft(local, "sglang", tmp_path / "refused")
+    capsys.readouterr()
+    with pytest.raises(UserError, match="1 error"):  # --check compares with it too
+        check_command(local, fmt="sglang")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"compared with the target the draft records, {target.resolve()} (--basepath to name another)" in printed
+    assert "max_position_embeddings" in printed
+    assert check_command(short) == [] and "compared with" not in capsys.readouterr().out  # tiny/target is not here
 
     # a draft of unknown provenance, or an eagle3kit draft whose value was edited, is warned about
     message = ("4096: if the target serves longer contexts (Llama-3.1: 131072), the draft's positions run out past "

@@ -11,7 +11,8 @@ from pathlib import Path
 from eagle3kit.errors import UserError, first_line
 from eagle3kit.export.card import serve_hint, serving_tree
 from eagle3kit.export.check import _check_folder, _engine_problems
-from eagle3kit.export.folder import ENGINE, MARKER, DraftFolder, _rope_of, _sizes, read_folder, read_target_config
+from eagle3kit.export.folder import (ENGINE, MARKER, DraftFolder, _rope_of, _sizes, read_folder, read_target_config,
+                                     recorded_target_name)
 from eagle3kit.export.problem import Problem
 from eagle3kit.export.write import export_draft
 from eagle3kit.hub import hub_failure
@@ -68,6 +69,16 @@ def check_command(draft_dir: str | Path, fmt: str | None = None, basepath: str |
 
     console = make_console()
     folder = read_folder(draft_dir)
+    if basepath is None:  # the target the draft records, when it is here to compare with
+        recorded = recorded_target_name(folder)
+        try:
+            found = recorded and read_target_config(recorded) is not None
+        except UserError:
+            found = False
+        if found:
+            basepath = recorded
+            console.print(f"compared with the target the draft records, {recorded} (--basepath to name another)",
+                          highlight=False, soft_wrap=True)
     problems = _check_folder(folder, fmt, basepath)
     errors = [p for p in problems if p.is_error]
     what = f" for {ENGINE[fmt]}" if fmt else ""

@@ -216,3 +216,18 @@ def _rope_of(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, Any]
             scaling = None
     theta = rope.get("rope_theta")
     return (float(theta) if theta is not None else 10000.0), scaling, rope.get("partial_rotary_factor")
+
+
+def recorded_target_name(folder: DraftFolder) -> str | None:
+    """The target a draft folder names: eagle3kit's record, or a speculators config's
+    verifier; None when it names none (read leniently: the folder may be broken)."""
+    meta = folder.config.get("eagle3kit")
+    meta = meta if isinstance(meta, dict) else {}
+    saved = meta.get("draft_config") if isinstance(meta.get("draft_config"), dict) else {}
+    spec = folder.config.get("speculators_config")
+    verifier = spec.get("verifier") if isinstance(spec, dict) else None
+    for name in (saved.get("target_model"), meta.get("target_model"),
+                 verifier.get("name_or_path") if isinstance(verifier, dict) else None):
+        if isinstance(name, str) and name:
+            return name
+    return None

@@ -16,7 +16,8 @@ from eagle3kit.errors import UserError
 from eagle3kit.export.card import CARD, draft_steps, measured_steps, model_card
 from eagle3kit.export.check import _check_folder
 from eagle3kit.export.folder import (FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
-                                     DraftFolder, _canonical, _int, positions_from_target, read_folder, read_target_config)
+                                     DraftFolder, _canonical, _int, positions_from_target, read_folder, read_target_config,
+                                     recorded_target_name)
 from eagle3kit.hub import absolute_target
 from eagle3kit.export.problem import Problem
 
@@ -130,15 +131,6 @@ def _target_architectures(folder: DraftFolder, target: dict[str, Any] | None) ->
     return ["LlamaForCausalLM"]
 
 
-def _recorded_target(folder: DraftFolder, config: Any) -> str | None:
-    """The target the draft says it was trained for: eagle3kit's ``target_model``, or a speculators
-    config's verifier."""
-    spec = folder.config.get("speculators_config")
-    verifier = spec.get("verifier") if isinstance(spec, dict) else None
-    named = verifier.get("name_or_path") if isinstance(verifier, dict) else None
-    return config.target_model or (named if isinstance(named, str) and named else None)
-
-
 def speculators_config(servable: dict[str, Any], basepath: str, verifier_architectures: list[str],
                        num_speculative_tokens: int) -> dict[str, Any]:
     """The speculators-format ``config.json`` for a servable (SGLang/vLLM) config."""
@@ -219,7 +211,7 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     folder = read_folder(source)
     _check_out_dir(out, source)
     servable, config = _servable(folder)
-    recorded = None if basepath else _recorded_target(folder, config)
+    recorded = None if basepath else recorded_target_name(folder)
     basepath = absolute_target(basepath or recorded) if basepath or recorded else None
     try:
         target = read_target_config(basepath) if basepath else None
