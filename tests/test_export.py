@@ -734,8 +734,17 @@ def test_serve_commands_quote_paths_for_the_shell():
     assert shlex.split(serve_hint("speculators", where, base, 5)) == ["vllm", "serve", where]
 
 
-def test_a_tree_the_eval_report_measured_is_what_sglang_serves():
+def test_a_tree_the_eval_report_measured_is_what_sglang_serves(draft_dir, tmp_path):
     from eagle3kit.export.card import serve_hint, serving_tree
+
+    report = {"tau": 4.12, "tau_ci95": [3.9, 4.3], "acceptance_rate": [0.9, 0.8], "tree_size": 16,
+              "config": {"steps": 5, "topk": 4, "temperature": 0.0}}
+    tree_note = ("the eval report measured trees (top-4, 16 tokens per pass), which the model card quotes; vLLM drafts "
+                 "chains, which accept less: measure a chain (eval --topk 1) for its card")
+    _, _, notes = export_draft(draft_dir, "vllm", tmp_path / "v", eval_report=report)
+    assert tree_note in notes
+    _, _, notes = export_draft(draft_dir, "sglang", tmp_path / "s", eval_report=report)
+    assert not [n for n in notes if "measured trees" in n]  # SGLang serves the same tree
 
     tree = {"config": {"steps": 5, "topk": 4}, "tree_size": 16}
     assert serving_tree(tree, 5) == (4, 16)

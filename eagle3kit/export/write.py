@@ -13,9 +13,9 @@ from typing import Any
 from eagle3kit import __version__
 from eagle3kit.checkpoint import CONFIG, WEIGHTS, servable_config
 from eagle3kit.errors import UserError
-from eagle3kit.export.card import CARD, draft_steps, measured_steps, model_card
+from eagle3kit.export.card import CARD, draft_steps, measured_steps, model_card, serving_tree
 from eagle3kit.export.check import _check_folder
-from eagle3kit.export.folder import (FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
+from eagle3kit.export.folder import (ENGINE, FORMATS, LAYER_CONFIG_KEYS, MARKER, SPECULATORS_ARCHITECTURE, SPECULATORS_VERSION,
                                      DraftFolder, _canonical, _int, positions_from_target, read_folder, read_target_config,
                                      recorded_target_name)
 from eagle3kit.hub import absolute_target
@@ -236,6 +236,11 @@ def export_draft(draft_dir: str | Path, fmt: str, out_dir: str | Path, basepath:
     if measured and measured != steps:
         notes.append(f"--num-speculative-tokens {steps}, but the eval report measured {measured} draft tokens per "
                      "pass: the acceptance the model card quotes is for those")
+    tree = serving_tree(eval_report, steps)
+    if tree and fmt != "sglang":
+        notes.append(f"the eval report measured trees (top-{tree[0]}, {tree[1]} tokens per pass), which the model card "
+                     f"quotes; {ENGINE[fmt]} drafts chains, which accept less: measure a chain (eval --topk 1) for "
+                     "its card")
     if fmt == "speculators":
         verifier = basepath
         if served_as and Path(basepath).is_dir():  # `vllm serve REPO` elsewhere reads the verifier from the config
