@@ -733,3 +733,53 @@ def test_options_the_backend_does_not_use_are_named(monkeypatch):
     assert ignored_options(RegenConfig("t", "i", "o", server="http://x", batch_size=4, dtype="float16")) == (
         "--batch-size, --dtype only apply without --server (in process), so they are ignored")
     assert ignored_options(RegenConfig("t", "i", "o", server="http://x", concurrency=3, timeout=5)) is None
+
+
+def test_the_servers_context_refusal_words_give_the_room_left():
+    from eagle3kit.regenerate.server import room_left
+
+    assert room_left("HTTP 400: This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+                     "(2952 in the messages, 2048 in the completion). Please reduce the length") == 1144  # vLLM
+    assert room_left("HTTP 400: 'max_tokens' or 'max_completion_tokens' is too large: 2048. This model's maximum "
+                     "context length is 4096 tokens and your request has 2952 input tokens (2048 > 4096 - 2952).") == 1144
+    assert room_left("HTTP 400: Requested token count exceeds the model's maximum context length of 4096 tokens. You "
+                     "requested a total of 5000 tokens: 2952 tokens from the input messages and 2048 tokens for the "
+                     "completion. Please reduce") == 1144  # SGLang
+    assert room_left("HTTP 400: this prompt is not allowed") is None
+    assert room_left("HTTP 503: maximum context length is 4096 tokens, 2952 input tokens") is None  # not a 400
+
+
+def test_a_prompt_near_the_servers_context_is_asked_for_what_is_left(tmp_path):
+    context = 40
+
+    def tokens(payload):  # one token per word of the messages
+        return sum(len(m["content"].split()) for m in payload["messages"])
+
+    def too_long(payload, attempt):
+        n = tokens(payload)
+        if n + payload["max_tokens"] <= context:
+            return None
+        return 400, {"error": {"message": f"This model's maximum context length is {context} tokens. However, you "
+                                          f"requested {n + payload['max_tokens']} tokens ({n} in the messages, "
+                                          f"{payload['max_tokens']} in the completion).", "type": "BadRequestError"}}
+
+    def answer(payload):  # five words, or as many as max_tokens allows
+        return {"content": "word " * min(payload["max_tokens"], 5),
+                "finish_reason": "length" if payload["max_tokens"] < 5 else "stop", "usage": False}
+
+    rs = [{"id": "short", "conversations": convo(("a short question", "old"))},
+          {"id": "near", "conversations": convo((" ".join(["w"] * 37), "old"))},
+          {"id": "full", "conversations": convo((" ".join(["w"] * 45), "old"))}]
+    src = write_jsonl(tmp_path / "in.jsonl", rs)
+    ui = RecordingUI()
+    with ChatServer(answer=answer, fail=too_long) as server:
+        manifest = run_regenerate(server_cfg(tmp_path, server, src, max_new_tokens=16), ui)
+        asked = {tokens(p): p["max_tokens"] for p, status in server.requests if status == 200}
+    assert asked == {3: 16, 37: 3}  # the near one asked again for the 3 tokens its context leaves
+    out = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "regen.jsonl")}
+    assert out["near"]["truncated_turns"] == [0] and out["short"]["truncated_turns"] == []
+    assert [f["id"] for f in manifest["failures"]] == ["full"]
+    assert manifest["failures"][0]["reason"].endswith("(45 in the messages, 16 in the completion). (the prompt fills "
+                                                      "the model's context)")
+    assert ("1 prompt(s) left less than --max-new-tokens 16 in the server's context: they were asked for what was left "
+            "(answers cut there are marked truncated)") in ui.warnings

@@ -7,6 +7,7 @@ import http.client
 import json
 import queue
 import random
+import re
 import socket
 import threading
 from typing import Any
@@ -54,6 +55,25 @@ def _error_message(body: bytes) -> str:
     return text[:300]
 
 
+#: A server's refusal of a request longer than its context, as vLLM and SGLang word it: the
+#: context, and the prompt's tokens (vLLM: "maximum context length is 4096 tokens ... 2952 in
+#: the messages" or "... your request has 2952 input tokens"; SGLang: "... of 4096 tokens ...
+#: 2952 tokens from the input messages").
+_CONTEXT = re.compile(r"(?:maximum context length|max_model_len|context length)\D{0,12}?(\d+)", re.I)
+_PROMPT = re.compile(r"(\d+) (?:tokens )?(?:in the messages|input tokens|tokens from the input|in the prompt)", re.I)
+
+
+def room_left(reason: str) -> int | None:
+    """The tokens a server's context leaves for the answer, from its refusal ``reason`` of
+    a request too long for it (an HTTP 400); None when ``reason`` is not that."""
+    if not reason.startswith("HTTP 400"):
+        return None
+    context, prompt = _CONTEXT.search(reason), _PROMPT.search(reason)
+    if not context or not prompt:
+        return None
+    return int(context.group(1)) - int(prompt.group(1))
+
+
 class ServerBackend:
     """Requests to an OpenAI-compatible chat-completions server, from worker threads."""
 
@@ -69,6 +89,8 @@ class ServerBackend:
             self.headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.local = threading.local()
         self.stop = threading.Event()
+        self.cut_by_context = 0  # prompts that had less room left than --max-new-tokens (from the worker threads)
+        self.lock = threading.Lock()
         self.url = f"{self.scheme}://{self.host}:{self.port}{self.base}"
         self._check_server()
         self.description = {"server": self.url, "model": self.model}
@@ -140,8 +162,22 @@ class ServerBackend:
                                 "pass --model NAME")
 
     def complete(self, messages: list[dict[str, str]], seed: int) -> Answer:
+        try:
+            return self._complete(messages, seed, self.cfg.max_new_tokens)
+        except Failure as failure:  # a prompt that leaves less than --max-new-tokens: what is left, as in process
+            room = room_left(failure.reason)
+            if room is None or failure.transient:
+                raise
+            if room < 1:
+                raise Failure(f"{failure.reason} (the prompt fills the model's context)") from None
+            answer = self._complete(messages, seed, room)  # finish_reason "length" marks it truncated if cut
+            with self.lock:
+                self.cut_by_context += 1
+            return answer
+
+    def _complete(self, messages: list[dict[str, str]], seed: int, max_tokens: int) -> Answer:
         cfg = self.cfg
-        payload = {"model": self.model, "messages": messages, "max_tokens": cfg.max_new_tokens,
+        payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                    "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": seed}
         if cfg.chat_template_kwargs:  # vLLM and SGLang pass them to the template
             payload["chat_template_kwargs"] = cfg.chat_template_kwargs
@@ -258,6 +294,10 @@ class ServerBackend:
                         f"{recorder.consecutive_failures} records in a row failed after every retry (last: "
                         f"{recorder.last_failure}); the server at {self.url} looks down. What is done is kept in "
                         f"{recorder.log.path}: re-run with --resume when it is back.")
+            if self.cut_by_context:
+                self.ui.warn(f"{self.cut_by_context} prompt(s) left less than --max-new-tokens {self.cfg.max_new_tokens} "
+                             "in the server's context: they were asked for what was left (answers cut there are "
+                             "marked truncated)")
         finally:
             self.stop.set()
             leftover = []
