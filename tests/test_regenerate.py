@@ -745,6 +745,7 @@ def test_the_servers_context_refusal_words_give_the_room_left():
     assert room_left("HTTP 400: Requested token count exceeds the model's maximum context length of 4096 tokens. You "
                      "requested a total of 5000 tokens: 2952 tokens from the input messages and 2048 tokens for the "
                      "completion. Please reduce") == 1144  # SGLang
+    assert room_left("HTTP 400: The input (5000 tokens) is longer than the model's context length (4096 tokens).") == -904
     assert room_left("HTTP 400: this prompt is not allowed") is None
     assert room_left("HTTP 503: maximum context length is 4096 tokens, 2952 input tokens") is None  # not a 400
 

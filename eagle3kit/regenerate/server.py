@@ -58,9 +58,11 @@ def _error_message(body: bytes) -> str:
 #: A server's refusal of a request longer than its context, as vLLM and SGLang word it: the
 #: context, and the prompt's tokens (vLLM: "maximum context length is 4096 tokens ... 2952 in
 #: the messages" or "... your request has 2952 input tokens"; SGLang: "... of 4096 tokens ...
-#: 2952 tokens from the input messages").
+#: 2952 tokens from the input messages", or for a prompt alone too long "The input (5000
+#: tokens) is longer than the model's context length (4096 tokens)").
 _CONTEXT = re.compile(r"(?:maximum context length|max_model_len|context length)\D{0,12}?(\d+)", re.I)
-_PROMPT = re.compile(r"(\d+) (?:tokens )?(?:in the messages|input tokens|tokens from the input|in the prompt)", re.I)
+_PROMPT = re.compile(r"(\d+) (?:tokens )?(?:in the messages|input tokens|tokens from the input|in the prompt)"
+                     r"|input \((\d+) tokens\)", re.I)
 
 
 def room_left(reason: str) -> int | None:
@@ -71,7 +73,7 @@ def room_left(reason: str) -> int | None:
     context, prompt = _CONTEXT.search(reason), _PROMPT.search(reason)
     if not context or not prompt:
         return None
-    return int(context.group(1)) - int(prompt.group(1))
+    return int(context.group(1)) - int(prompt.group(1) or prompt.group(2))
 
 
 class ServerBackend:
