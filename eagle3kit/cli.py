@@ -49,8 +49,8 @@ class _Group(click.Group):
 
 
 def _interrupted() -> None:
-    click.secho("Interrupted. Files are written under temporary names and renamed when complete, "
-                "so nothing partial was left under a real name.", fg="yellow", err=True)
+    click.secho("Interrupted. Nothing half-written is used: outputs are renamed into place when complete, and a "
+                "training run's latest points only at a complete checkpoint.", fg="yellow", err=True)
     sys.exit(130)
 
 

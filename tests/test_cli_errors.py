@@ -3,6 +3,8 @@ never a traceback."""
 
 from __future__ import annotations
 
+import json
+
 import errno
 
 import click
@@ -132,6 +134,17 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
     assert "no conversation keeps an answer token within --max-len 16" in message and "raise --max-len" in message
     assert "built successfully" not in result.stdout + result.stderr  # DeepSpeed's build line is not the user's
     assert "--eval-every 5 without --testpath" in message
+    questions = tmp_path / "questions.jsonl"  # a test split of prompts only: its figures would be NaN
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "conversations": [{"from": "human", "value": f"why {i}?"}]})
+                                 + "\n" for i in range(3)))
+    result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--testpath", str(questions), "--dry-run", *TRAIN_ARGS,
+                             "--source", "sharegpt", "--run-name", "mine"])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and message.endswith(
+        f"Error: --testpath {questions}: no conversation has an assistant turn with text (3 read); give conversations "
+        "with answers (\"from\": \"gpt\")")
+    assert "--source sharegpt: the sources are mixed only without --trainpath, so they are ignored" in message
+    assert "--run-name names a wandb run; with --report-to none it is ignored" in message
     # flex attention has no backward pass on a CPU: said at once, not a traceback after the target loads
     result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--attention", "flex", "--dry-run", *TRAIN_ARGS])
     message = " ".join(result.stderr.split())

@@ -70,9 +70,30 @@ def test_what_a_users_config_overrides_is_said(tmp_path):
     ({"zero_optimization": {"stage": 3}}, "ZeRO stage 3 is not supported"),
     ("{not json", "not valid JSON"),
     ([1, 2], "holds a JSON list, not an object of DeepSpeed settings"),
+    ({"gradient_accumulation_steps": "four"}, "gradient_accumulation_steps is 'four'; give a whole number"),
 ])
 def test_configs_it_cannot_train_with_are_refused(tmp_path, config, message):
     with pytest.raises(UserError, match=message):
         load_ds_config(write(tmp_path, config), TrainConfig(), bf16=False)
     with pytest.raises(UserError, match="cannot read it"):
         load_ds_config(str(tmp_path / "missing.json"), TrainConfig(), bf16=False)
+
+
+def test_the_batch_size_sets_the_accumulation(tmp_path):
+    def accumulation(config, world=1):
+        return load_ds_config(write(tmp_path, config), TrainConfig(), bf16=False, world=world)[
+            "gradient_accumulation_steps"]
+
+    assert accumulation({"train_batch_size": 8}) == 8  # it was dropped: one row per step, silently
+    assert accumulation({"train_batch_size": 8}, world=4) == 2
+    assert accumulation({"train_batch_size": 8, "gradient_accumulation_steps": 4}, world=2) == 4
+    assert accumulation({"gradient_accumulation_steps": "auto"}) == 1 and accumulation({}) == 1
+    with pytest.raises(UserError, match="train_batch_size 6 is not a multiple of the 4 ranks"):
+        accumulation({"train_batch_size": 6}, world=4)
+    said = []
+    ds = load_ds_config(write(tmp_path, {"train_batch_size": 8, "gradient_accumulation_steps": 2}), TrainConfig(),
+                        bf16=False, warn=said.append)
+    assert ds["gradient_accumulation_steps"] == 2 and said == [
+        f"--deepspeed-config {tmp_path / 'ds.json'}: train_batch_size 8 is not gradient_accumulation_steps 2 x 1 "
+        "rank(s) x 1 row; training takes 2 rows per step (gradient_accumulation_steps); remove train_batch_size or "
+        "make them agree"]

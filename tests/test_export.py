@@ -1046,3 +1046,14 @@ def test_a_whole_model_given_as_the_draft_is_one_line(tiny_target, tmp_path):
         result = invoke("export", *args)  # it was a table of every key the target has and a draft has not
         assert result.exit_code == 2 and result.stderr.strip() == f"Error: {expected}"
     assert not (tmp_path / "x").exists()
+
+
+def test_feature_layers_out_of_order_are_warned(tmp_path):
+    draft = make_draft()
+    folder = mutate(save_draft(draft, tmp_path / "d"), tmp_path / "unsorted",
+                    config=lambda c: (c.__setitem__("eagle_aux_hidden_state_layer_ids", [6, 2, 9]),
+                                      c["eagle_config"].__setitem__("eagle_aux_hidden_state_layer_ids", [5, 1, 8])))
+    problem = find(check_draft(folder, "vllm"), "eagle_aux_hidden_state_layer_ids", "warning", text="increasing order")
+    assert problem.message == ("hidden-state indices [6, 2, 9] are not in increasing order: SGLang and vLLM join the "
+                               "captured features in layer order ([2, 6, 9]), so a draft trained on them in the listed "
+                               "order gets them permuted")

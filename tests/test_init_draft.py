@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,15 @@ def test_training_continues_from_a_published_draft(trained_run, tiny_target, mix
     assert first["step"] == 0 and first["acc"][0] > 0.6
     assert first["acc"] == pytest.approx(last["acc"], abs=1e-6) and first["loss"] == pytest.approx(last["loss"], rel=1e-5)
 
-    # resuming with another vocabulary than the checkpoint's is refused, not trained on silently
-    again = run_cli(base + ["--resume", "--max-steps", "2", "--draft-vocab-size", "64"])
-    assert again.returncode == 2
-    assert "another draft vocabulary" in again.stderr and "--init-draft" in again.stderr
+    assert "--draft-vocab-size 64: with --init-draft the vocabulary is the draft's own, so it is ignored" in \
+        " ".join(result.stderr.split())
+
+    # a run started from a draft resumes as one: its sizes and vocabulary are the checkpoint's
+    again = run_cli(base + ["--resume", "--max-steps", "2", "--lr", "1e-30"])
+    assert again.returncode == 0, again.stderr[-4000:]
+    resumed = tmp_path / "ck" / "latest" / "draft"
+    assert os.readlink(tmp_path / "ck" / "latest") == "step_2"
+    assert_same_weights(load_file(str(resumed / "model.safetensors")), load_file(str(src / "model.safetensors")))
+    assert json.loads((resumed / "config.json").read_text())["eagle3kit"]["init_draft"] == str(published)
+    refused = run_cli(base + ["--resume", "--init-draft", str(published)])
+    assert refused.returncode == 2 and "one started with --init-draft too: it records it" in refused.stderr

@@ -163,6 +163,46 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target,
     assert (b["step"], b["rows_digest"]) == (12, a["rows_digest"])
     assert b["param_digest"] == a["param_digest"]  # bit for bit
 
+    # Ctrl-C: the run saves where it is and stops; --resume continues from there, bit for bit
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *_train_args(tiny_target, mixed_data, stopped, cache)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    told = []
+    try:
+        for line in proc.stderr:
+            told.append(line)
+            if "saved checkpoint" in line and "step_4" in line:
+                proc.send_signal(signal.SIGINT)
+    finally:
+        proc.wait()
+    said = " ".join("".join(told).split())
+    assert proc.returncode == 130, said[-3000:]
+    step = int(said.split("stopped at step ")[1].split()[0])
+    assert 4 <= step < 12 and os.readlink(stopped / "latest") == f"step_{step}"
+    assert (f"stopped at step {step} of 12: {stopped / 'latest'} -> step_{step}; run the same command with --resume "
+            "to continue") in said
+    again = run_cli(_train_args(tiny_target, mixed_data, stopped, cache) + ["--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert summary(stopped)["param_digest"] == a["param_digest"]
+    assert (stopped / "train_config.json").is_file() and (stopped / f"train_config.resume_step_{step}.json").is_file()
+
+
+def test_a_stop_request_is_noted_once_and_a_second_signal_stops_at_once():
+    import torch
+
+    from eagle3kit.train.stop import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest(announce=False) as stop:
+        assert not stop.requested(torch.device("cpu"))
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's preemption
+        assert stop.signal == signal.SIGTERM and stop.requested(torch.device("cpu"))
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+            for _ in range(1000):  # the handler runs between bytecodes, right after the kill
+                pass
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are restored
+
 
 def test_starting_again_in_a_used_savedir_needs_resume(tmp_path, tiny_target, mixed_data):
     (tmp_path / "ck").mkdir()
@@ -170,6 +210,33 @@ def test_starting_again_in_a_used_savedir_needs_resume(tmp_path, tiny_target, mi
     result = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "ck", tmp_path / "cache"))
     assert result.returncode == 2
     assert "already holds a training run" in result.stderr and "--resume" in result.stderr
+
+
+def test_resume_keeps_the_runs_feature_layers_and_names_a_damaged_checkpoint(trained_run, tiny_target, mixed_data,
+                                                                             tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, symlinks=True)
+    args = ["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"), "--savedir",
+            str(run), "--cache-dir", str(trained_run.parent / "cache"), *TRAIN_ARGS, "--resume"]
+    tag = os.readlink(run / "latest")
+    result = run_cli(args + ["--aux-layers", "2,3,4"])
+    assert result.returncode == 2 and " ".join(result.stderr.split()).endswith(
+        f"Error: --resume: {run / tag} was trained on hidden states [1, 3, 5], not --aux-layers 2,3,4; drop --aux-layers")
+    steps = sorted((p.name for p in run.glob("step_*")), key=lambda name: int(name.split("_")[1]))
+    os.remove(run / "latest")
+    os.symlink("step_999", run / "latest")  # a checkpoint deleted by hand
+    result = run_cli(args)
+    assert result.returncode == 2 and " ".join(result.stderr.split()).endswith(
+        f"Error: --resume: {run / 'latest'} points at step_999, which is not there; resume from an earlier one: "
+        f"ln -sfn {steps[-1]} {run / 'latest'}")
+    os.remove(run / "latest")
+    os.symlink(steps[-1], run / "latest")
+    (run / steps[-1] / "draft" / "config.json").write_text("{")  # torn
+    result = run_cli(args)
+    assert result.returncode == 2 and f"Error: --resume: the checkpoint {run / steps[-1]} is damaged" in \
+        " ".join(result.stderr.split())
 
 
 def test_resume_refuses_settings_that_would_train_on_other_rows(trained_run, tiny_target, mixed_data):
@@ -319,3 +386,17 @@ def test_the_deepspeed_launcher_command_of_the_readme(tmp_path, tiny_target, mix
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "No such option" not in done.stderr
     assert "2 rank(s), " in done.stdout + done.stderr and "dry run: nothing trained" in done.stdout + done.stderr
+
+
+def test_pruning_keeps_the_best_and_as_many_others_as_keep_last_says(tmp_path):
+    from eagle3kit.train.run_folder import prune
+
+    def left(keep_last, best):
+        for n in range(1, 6):
+            (tmp_path / f"step_{n}").mkdir(exist_ok=True)
+        prune(tmp_path, keep_last, best)
+        return sorted(p.name for p in tmp_path.glob("step_*"))
+
+    assert left(2, "step_2") == ["step_2", "step_4", "step_5"]  # the best, and two besides it
+    assert left(2, "step_5") == ["step_3", "step_4", "step_5"]  # the newest is the best: two older ones besides
+    assert left(1, None) == ["step_5"]

@@ -135,6 +135,10 @@ def _aux_problems(flat: dict[str, Any], fmt: str, target: dict[str, Any] | None)
             else:
                 problems.append(no_ids)
         used = top or default
+    if used and all(isinstance(i, int) for i in used) and list(used) != sorted(used):
+        problems.append(_warning(top_key, f"hidden-state indices {list(used)} are not in increasing order: SGLang and "
+                                          f"vLLM join the captured features in layer order ({sorted(used)}), so a "
+                                          "draft trained on them in the listed order gets them permuted"))
     if layers and used:
         for i in used:
             if not 0 < i < layers:

@@ -87,6 +87,7 @@ class TokenizedData:
     tokens: int
     masked_tokens: int
     failed: int = 0  # dropped: the template failed on them (each with its reason)
+    no_assistant: int = 0  # of without_answer: not cut at max_len, so no assistant turn with text at all
     failed_examples: list[str] = field(default_factory=list)
 
 
@@ -150,6 +151,10 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
     examples = [errors[int(i)].as_py() for i in failed_rows[:3]]
     if len(failed_rows) == len(raw):
         raise UserError(f"{path}: the chat template of the target failed on every conversation, e.g. {examples[0]}")
+    was_cut = (table.column("truncated").to_numpy(zero_copy_only=False).astype(bool)
+               | table.column("cut_mid_turn").to_numpy(zero_copy_only=False).astype(bool))
+    no_turn = ~has_answer & ~was_cut
+    no_turn[failed_rows] = False
     kept_rows = np.nonzero(has_answer)[0]
     kept = out if has_answer.all() else out.select(kept_rows)
     flags = table.select(["truncated", "cut_mid_turn", "length"]).take(kept_rows)
@@ -164,6 +169,7 @@ def load_tokenized(path: str | Path, tokenizer, max_len: int, cache_dir: str | P
         masked_tokens=int(answer_tokens.sum()),
         failed=len(failed_rows),
         failed_examples=examples,
+        no_assistant=int(no_turn.sum()),
     )
 
 

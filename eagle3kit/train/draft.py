@@ -85,6 +85,9 @@ class DraftConfig:
             raise ValueError(f"aux layers {aux}: need three hidden-state indices in 0..{layers}")
         if aux_layers and len(set(aux)) < 3:
             raise ValueError(f"aux layers {aux}: SGLang and vLLM capture each layer once, so the three must differ")
+        if aux_layers and (aux != sorted(aux) or not all(0 < i < layers for i in aux)):
+            raise ValueError(f"aux layers {aux}: SGLang and vLLM capture the inputs of decoder layers 1..{layers - 1} "
+                             "and join them in layer order, so give three increasing indices in that range")
         raw = c.to_dict()
         rope = {k: raw[k] for k in ROPE_KEYS if raw.get(k) is not None}
         act = getattr(c, "hidden_act", "silu")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_config.json")
 
 
-def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
+def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool, world: int = 1,
+                   warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read the DeepSpeed config (the packaged default when none is given) and fill its
-    ``"auto"`` values from the command line."""
+    ``"auto"`` values from the command line (``world``: the number of ranks)."""
     source = Path(path) if path else DEFAULT_DS_CONFIG
     try:
         ds = json.loads(source.read_text())
@@ -35,7 +36,7 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
     if ds["train_micro_batch_size_per_gpu"] != 1:
         raise UserError(f"--deepspeed-config {source}: train_micro_batch_size_per_gpu must be 1: a micro-batch is one "
                         "packed row; use --max-tokens to make it larger")
-    ds.setdefault("gradient_accumulation_steps", 1)
+    ds["gradient_accumulation_steps"] = _accumulation(ds, source, world, warn or (lambda message: None))
     ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage > 2:
@@ -58,6 +59,33 @@ def load_ds_config(path: str | None, cfg: TrainConfig, bf16: bool) -> dict[str, 
     if ds.get("gradient_clipping") == "auto":
         ds["gradient_clipping"] = 0.5
     return ds
+
+
+def _accumulation(ds: dict[str, Any], source: Path, world: int, warn: Callable[[str], None]) -> int:
+    """Micro-batches (packed rows) per optimizer step and rank: ``gradient_accumulation_steps``,
+    else ``train_batch_size`` (rows per step over every rank) divided by the ranks; when both
+    are numbers and disagree, the first, with a warning."""
+    def number(key: str) -> int | None:
+        value = ds.get(key, "auto")
+        if value == "auto" or value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"--deepspeed-config {source}: {key} is {value!r}; give a whole number of at least 1, "
+                            "or \"auto\"")
+        return value
+
+    accumulation, batch = number("gradient_accumulation_steps"), number("train_batch_size")
+    if batch is not None:
+        if batch % world:
+            raise UserError(f"--deepspeed-config {source}: train_batch_size {batch} is not a multiple of the {world} "
+                            "ranks (each trains one packed row per micro-batch)")
+        if accumulation is not None and accumulation * world != batch:  # a config written for another cluster
+            warn(f"--deepspeed-config {source}: train_batch_size {batch} is not gradient_accumulation_steps "
+                 f"{accumulation} x {world} rank(s) x 1 row; training takes {accumulation * world} rows per step "
+                 "(gradient_accumulation_steps); remove train_batch_size or make them agree")
+            return accumulation
+        accumulation = batch // world
+    return accumulation or 1
 
 
 def _enabled(section: Any) -> bool:

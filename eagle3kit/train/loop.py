@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import faulthandler
 import hashlib
+import importlib.util
 import json
 import math
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,14 @@ from eagle3kit.train.run_folder import (
     point,
     prune,
     resolve_pointer,
+    resumed_record,
     schedule_change,
     set_rng_state,
     write_rank_summary,
 )
-from eagle3kit.train.target import (FrozenTarget, draft_head_from_target, load_target_model, load_tokenizer,
-                                    position_dependent_rope)
+from eagle3kit.train.stop import StopRequest
+from eagle3kit.train.target import (FrozenTarget, damaged_weights, draft_head_from_target, load_target_model,
+                                    load_tokenizer, position_dependent_rope)
 from eagle3kit.train.target_parallel import GroupTarget, tensor_parallel_mesh, turns
 from eagle3kit.train.ttt import STATS_ROWS, StepStats, simulated_acceptance_length, ttt_loss
 from eagle3kit.train.vocab import count_masked_tokens, load_or_build_draft_vocab
@@ -128,6 +131,18 @@ class Prepared:
     coverage: float
 
 
+def no_answer(data: TokenizedData, path: str, max_len: int, option: str) -> None:
+    """UserError when no conversation of ``path`` keeps an answer token to learn from, saying why."""
+    if len(data.dataset):
+        return
+    if data.no_assistant == data.without_answer:
+        raise UserError(f"{option} {path}: no conversation has an assistant turn with text ({data.conversations:,} "
+                        "read); give conversations with answers (\"from\": \"gpt\")")
+    raise UserError(f"{option} {path}: no conversation keeps an answer token within --max-len {max_len} "
+                    f"({data.without_answer:,} dropped: the prompt before the first answer is longer, or no assistant "
+                    "turn); raise --max-len")
+
+
 def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | None = None) -> Prepared:
     """Tokenise (rank 0 first, the others then read its cache) and choose the draft vocabulary
     (or, given ``draft_ids``, a starting draft's, measuring how much of the answers it covers)."""
@@ -135,11 +150,10 @@ def prepare_data(cfg: TrainConfig, rank: int, ui: UI, draft_ids: np.ndarray | No
 
     def prepare() -> Prepared:
         train = load_tokenized(cfg.trainpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc)
-        if len(train.dataset) == 0:
-            raise UserError(f"{cfg.trainpath}: no conversation keeps an answer token within --max-len {cfg.max_len} "
-                            f"({train.without_answer:,} dropped: the prompt before the first answer is longer, or no assistant turn); "
-                            "raise --max-len")
+        no_answer(train, cfg.trainpath, cfg.max_len, "--trainpath")
         test = load_tokenized(cfg.testpath, tokenizer, cfg.max_len, cfg.cache_dir, cfg.num_proc) if cfg.testpath else None
+        if test is not None:  # its figures would be NaN, and pick a meaningless best
+            no_answer(test, cfg.testpath, cfg.max_len, "--testpath")
         if draft_ids is not None:
             counts = count_masked_tokens(train.dataset, len(tokenizer))
             seen = draft_ids[draft_ids < len(counts)]  # a model's vocabulary can be padded past the tokenizer's
@@ -264,6 +278,15 @@ def option_warnings(cfg: TrainConfig) -> list[str]:
     if cfg.eval_every and cfg.trainpath and not cfg.testpath:  # without --trainpath the mix gives a test split
         out.append(f"--eval-every {cfg.eval_every} without --testpath: nothing to evaluate on, so no test figures "
                    "and no best checkpoint")
+    default = TrainConfig()
+    if cfg.trainpath and cfg.sources != default.sources:
+        out.append(f"--source {' --source '.join(cfg.sources)}: the sources are mixed only without --trainpath, so "
+                   "they are ignored")
+    if cfg.run_name and cfg.report_to != "wandb":
+        out.append(f"--run-name names a wandb run; with --report-to {cfg.report_to} it is ignored")
+    if cfg.init_draft and cfg.draft_vocab_size != default.draft_vocab_size:
+        out.append(f"--draft-vocab-size {cfg.draft_vocab_size}: with --init-draft the vocabulary is the draft's own, so "
+                   "it is ignored")
     return out
 
 
@@ -325,9 +348,12 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         raise UserError("--ttt-length must be at least 1")
     for warning in option_warnings(cfg):
         quiet.warn(warning)
+    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard, or choose "
+                        "--report-to wandb or none")
     if cfg.resume and cfg.init_draft:
-        raise UserError("--resume continues a run with its own weights and optimizer, --init-draft starts a new run "
-                        "from a draft's weights: give one of them")
+        raise UserError("--resume continues a run with its own weights and optimizer (one started with --init-draft "
+                        "too: it records it), --init-draft starts a new run from a draft's weights: give one of them")
     tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
 
     def make_savedir() -> None:
@@ -342,7 +368,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         _mix_default_sources(cfg, quiet, rank)
 
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16)
+    ds_config = load_ds_config(cfg.deepspeed_config, cfg, bf16=dtype == torch.bfloat16, world=world, warn=quiet.warn)
     for warning in ds_config_warnings(cfg.deepspeed_config, ds_config, cfg):
         quiet.warn(warning)
     accum = int(ds_config["gradient_accumulation_steps"])
@@ -350,8 +376,20 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     resume_tag = resolve_pointer(savedir, LATEST) if cfg.resume else None
     if cfg.resume and resume_tag is None:  # said before the target is loaded
         raise UserError(f"--resume: {savedir} holds no complete checkpoint ({LATEST} is missing)")
+    init_source = cfg.init_draft  # the draft a run started from, recorded in its checkpoints
     if resume_tag is not None:
         check_data_order(savedir / resume_tag, order)
+        record = resumed_record(savedir, resume_tag)
+        init_source = record.get("init_draft")
+        trained_on = list(record["draft_config"]["aux_layers"])
+        if cfg.aux_layers and list(cfg.aux_layers) != trained_on:
+            raise UserError(f"--resume: {savedir / resume_tag} was trained on hidden states {trained_on}, not "
+                            f"--aux-layers {','.join(map(str, cfg.aux_layers))}; drop --aux-layers")
+        cfg = replace(cfg, aux_layers=trained_on)  # the run's own, whatever the default now
+        was, now = record["draft_config"].get("target_model"), absolute_target(cfg.basepath)
+        if was and was != now:
+            quiet.warn(f"--resume: {savedir / resume_tag} was trained for the target {was}; this run loads {now} "
+                       "(fine if it is the same model, moved)")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -363,7 +401,11 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     pad = cfg.pad_to_max_tokens if cfg.pad_to_max_tokens is not None else backend == "flex"
     pad_to = cfg.max_tokens if pad else None
 
-    start = rank0_first(rank, lambda: load_draft(cfg.init_draft)) if cfg.init_draft else None
+    start = None
+    if cfg.init_draft:
+        start = rank0_first(rank, lambda: load_draft(cfg.init_draft))
+    elif init_source:  # a resumed run that started from a draft: its sizes and vocabulary are the checkpoint's
+        start = rank0_first(rank, lambda: load_draft(savedir / resume_tag / "draft"))
     data = prepare_data(cfg, rank, quiet, start.draft_ids.numpy() if start is not None else None)
     plan = make_plan(cfg, data, rank, world, accum)
     target_impl = cfg.target_attention or ("flex" if backend == "flex" else "sdpa")
@@ -376,8 +418,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                               tp_mesh=tp_mesh)
     draft_ids = torch.from_numpy(data.draft_ids)
     if start is not None:  # its own sizes, weights and vocabulary; the target's positions
-        draft = continue_from(start, model.config, cfg.aux_layers, absolute_target(cfg.basepath), cfg.init_draft,
-                              warn=quiet.warn)  # silent on the other ranks
+        draft = continue_from(start, model.config, cfg.aux_layers, absolute_target(cfg.basepath), init_source,
+                              warn=quiet.warn if cfg.init_draft else SilentUI().warn)  # said when it started
         draft_config = draft.config
     else:
         draft_config = draft_config_for(model.config, len(draft_ids), cfg)
@@ -422,7 +464,10 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         check_resumed_vocab(savedir / tag / "draft", draft_ids, savedir)
         try:
             _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
-        except RuntimeError as error:  # shapes: another draft than this run builds
+        except RuntimeError as error:  # shapes: another draft than this run builds; or a damaged file
+            if damaged_weights(error):
+                raise UserError(f"--resume: the checkpoint {savedir / tag} is damaged ({first_line(error)[:300]}); "
+                                f"resume from an earlier one (ln -sfn step_M {savedir / LATEST})") from None
             raise UserError(f"--resume: the checkpoint {savedir / tag} cannot be loaded into this run's draft "
                             f"({str(error).splitlines()[0][:300]}); resume with the options it was started with "
                             f"(see {savedir / 'train_config.json'})") from None
@@ -444,7 +489,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
 
     reporter = Reporter(cfg.report_to, cfg, savedir, quiet) if rank == 0 else None
     if rank == 0:
-        atomic_write_text(savedir / "train_config.json", json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+        name = "train_config.json" if not cfg.resume else f"train_config.resume_step_{progress.step}.json"
+        atomic_write_text(savedir / name, json.dumps(asdict(cfg), indent=2, default=str) + "\n")  # the start's kept
         log_plan(quiet, cfg, data, plan, draft_config, world, kernels, pad)
 
     last_saved = progress.step if cfg.resume else -1
@@ -462,8 +508,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
         def servable() -> None:
             extra = {"step": tag_step, "ttt_length": cfg.ttt_length, "target_model": cfg.basepath,
                      "target_architectures": list(getattr(model.config, "architectures", None) or [])}
-            if cfg.init_draft:
-                extra["init_draft"] = cfg.init_draft
+            if init_source:
+                extra["init_draft"] = init_source
             if cfg.chat_template_kwargs:  # eval warns when its prompts are rendered otherwise
                 extra["chat_template_kwargs"] = cfg.chat_template_kwargs
             save_draft(engine.module.draft, savedir / tag / "draft", extra=extra)
@@ -473,7 +519,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             point(savedir, LATEST, tag)
             if best:  # before the pruning, which may remove the previous best
                 point(savedir, BEST, tag)
-            prune(savedir, cfg.keep_last, keep={tag, progress.best_tag})
+            prune(savedir, cfg.keep_last, progress.best_tag)
             quiet.log(f"saved checkpoint {savedir / tag} ({reason})")
 
         rank0_first(rank, servable, others=False)  # a full disk on rank 0 stops every rank with its message
@@ -506,7 +552,7 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     window = torch.zeros(STATS_ROWS, cfg.ttt_length, dtype=torch.float64, device=device)
     window_tokens, window_start = 0, time.perf_counter()
     done = progress.step >= total_steps
-    with quiet.progress("training", total=total_steps) as bar:
+    with StopRequest(announce=rank == 0) as stop, quiet.progress("training", total=total_steps) as bar:
         bar.update(advance=progress.step)
         while not done and progress.epoch < cfg.num_epochs:
             bins = shard_bins(pack(lengths, cfg.max_tokens, seed=cfg.seed * 1000 + progress.epoch), rank, world, accum)
@@ -550,6 +596,12 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
                     run_eval()  # before a save at this step: a new best is saved once, never over `latest`
                 if cfg.save_every and progress.step % cfg.save_every == 0 and last_saved != progress.step:
                     save(progress.step, "--save-every")
+                if stop.requested(device):  # Ctrl-C or SIGTERM: keep what was trained, then stop
+                    if last_saved != progress.step:
+                        save(progress.step, "interrupted")
+                    quiet.warn(f"stopped at step {progress.step} of {total_steps}: {savedir / LATEST} -> "
+                               f"step_{progress.step}; run the same command with --resume to continue")
+                    raise KeyboardInterrupt
                 if progress.step >= total_steps:
                     done = True
                     break

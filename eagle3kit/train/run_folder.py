@@ -76,6 +76,27 @@ def schedule_change(checkpoint: Path, now: dict[str, Any]) -> str | None:
             "--num-epochs, --lr or --warmup-ratio): the rate from here on follows the new schedule")
 
 
+def resumed_record(savedir: Path, tag: str) -> dict[str, Any]:
+    """What the checkpoint ``savedir/tag`` records of its draft (``config.json``'s
+    ``eagle3kit`` entry: ``draft_config``, ``init_draft``, ...). UserError naming what to do
+    when the checkpoint is gone or damaged."""
+    checkpoint = savedir / tag
+    earlier = sorted((p.name for p in savedir.glob("step_*") if p.is_dir() and p.name != tag),
+                     key=lambda name: int(name.split("_")[1]) if name.split("_")[1].isdigit() else -1)
+    fix = (f"; resume from an earlier one: ln -sfn {earlier[-1]} {savedir / LATEST}" if earlier else
+           "; nothing earlier is left: start again without --resume in another --savedir")
+    if not checkpoint.is_dir():
+        raise UserError(f"--resume: {savedir / LATEST} points at {tag}, which is not there{fix}")
+    try:
+        config = json.loads((checkpoint / "draft" / "config.json").read_text(encoding="utf-8"))
+        record = config["eagle3kit"]
+        record["draft_config"]["aux_layers"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"--resume: the checkpoint {checkpoint} is damaged ({checkpoint / 'draft' / 'config.json'}: "
+                        f"{type(error).__name__}: {error}){fix}") from None
+    return record
+
+
 def resolve_pointer(savedir: Path, name: str) -> str | None:
     """The tag (``step_N``) that ``savedir/name`` points at: a symlink, or a file holding it."""
     p = savedir / name
@@ -131,8 +152,12 @@ def check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path)
     path = draft_dir / WEIGHTS
     if not path.is_file():
         return
-    with safe_open(str(path), "pt") as f:
-        saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
+    try:
+        with safe_open(str(path), "pt") as f:
+            saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
+    except Exception as error:  # noqa: BLE001 - a damaged file: the user's to fix
+        raise UserError(f"--resume: {path} cannot be read ({error}): the checkpoint {draft_dir.parent} is damaged; "
+                        f"resume from an earlier one (ln -sfn step_M {savedir / LATEST})") from None
     if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
         raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary ({len(saved):,} "
                         f"tokens) than this run would use ({len(draft_ids):,}); resume with the options it was started "
@@ -144,11 +169,12 @@ def gather_rng(device: torch.device):
     return gather_objects(rng_state())
 
 
-def prune(savedir: Path, keep_last: int, keep: set) -> None:
+def prune(savedir: Path, keep_last: int, best: str | None) -> None:
+    """Remove checkpoints but the ``best`` and the newest ``keep_last`` besides it."""
     tags = sorted((p for p in savedir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-    for p in tags[:-keep_last] if keep_last > 0 else []:
-        if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+    others = [p for p in tags if p.name != best]
+    for p in others[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def param_digest(module: torch.nn.Module) -> str:

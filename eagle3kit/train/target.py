@@ -43,7 +43,7 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
                      "HF_HUB_OFFLINE=1 uses the local cache only).")
 
 
-def _damaged_weights(error: BaseException) -> bool:
+def damaged_weights(error: BaseException) -> bool:
     """Whether loading failed on a weights file that is cut short or damaged."""
     import pickle
 
@@ -99,7 +99,7 @@ def load_target_model(path: str, *, device: torch.device, dtype: torch.dtype, at
             kwargs["attn_implementation"] = "eager"
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as error:  # noqa: BLE001 - sorted below: what a user can fix is said, the rest raised
-        if _damaged_weights(error):
+        if damaged_weights(error):
             raise UserError(f"cannot load the target model {path!r}: its weights cannot be read ({first_line(error)}); "
                             "a file is incomplete or damaged (an interrupted download or copy): fetch it "
                             "again") from None
