@@ -87,7 +87,8 @@ def test_train_refuses_resume_with_init_draft(tmp_path):
                       "--savedir", str(tmp_path / "ck"), "--resume", "--init-draft", str(tmp_path)])
     assert result.returncode == 2, result.stderr[-2000:]
     message = " ".join(result.stderr.split())
-    assert "--resume continues a run with its own weights and optimizer, --init-draft starts a new run" in message
+    assert ("--resume continues a run with its own weights and optimizer (one started with --init-draft too: it "
+            "records it), --init-draft starts a new run from a draft's weights: give one of them") in message
     assert not (tmp_path / "ck").exists()
 
 
@@ -172,3 +173,17 @@ def test_train_option_warnings():
         "--eval-every 5 without --testpath: nothing to evaluate on, so no test figures and no best checkpoint"]
     assert option_warnings(TrainConfig(trainpath="t.jsonl", testpath="./t.jsonl"))[0].startswith(
         "--testpath is --trainpath (./t.jsonl)")
+
+
+def test_a_deepspeed_config_deepspeed_refuses_is_named(tmp_path, tiny_target, mixed_data):
+    from train_fixtures import TRAIN_ARGS, run_cli
+
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"optimizer": {"type": "Adamx", "params": {"lr": "auto"}}}))
+    result = run_cli(["train", "--basepath", str(tiny_target), "--trainpath", str(mixed_data / "train.jsonl"),
+                      "--savedir", str(tmp_path / "ck"), "--cache-dir", str(tmp_path / "cache"), "--max-steps", "1",
+                      "--deepspeed-config", str(config), *TRAIN_ARGS])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in message, message[-3000:]
+    assert f"Error: --deepspeed-config {config}: DeepSpeed refuses it (AssertionError: " in message
+    assert "Adamx" in message and message.endswith("fix that setting, or leave the option out for the packaged config")

@@ -343,7 +343,8 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     quiet = ui if rank == 0 else SilentUI()
     savedir = Path(cfg.savedir)
     if cfg.max_len > cfg.max_tokens:
-        raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}")
+        raise UserError(f"--max-len {cfg.max_len} is larger than --max-tokens {cfg.max_tokens}: a conversation must fit "
+                        "one packed row; raise --max-tokens or lower --max-len")
     if cfg.ttt_length < 1:
         raise UserError("--ttt-length must be at least 1")
     for warning in option_warnings(cfg):
@@ -451,12 +452,19 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     change = schedule_change(savedir / resume_tag, schedule) if resume_tag is not None and not has_scheduler else None
     if change:
         quiet.warn(change)
-    engine, _, _, _ = deepspeed.initialize(
-        model=module,
-        model_parameters=[p for p in module.parameters() if p.requires_grad],
-        config=ds_config,
-        lr_scheduler=None if has_scheduler else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, warmup))),
-    )
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=module,
+            model_parameters=[p for p in module.parameters() if p.requires_grad],
+            config=ds_config,
+            lr_scheduler=None if has_scheduler else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, warmup))),
+        )
+    except (AssertionError, ValueError, KeyError, TypeError) as error:  # pydantic's ValidationError is a ValueError
+        if not cfg.deepspeed_config:
+            raise
+        raise UserError(f"--deepspeed-config {cfg.deepspeed_config}: DeepSpeed refuses it ({type(error).__name__}: "
+                        f"{first_line(error)[:300]}); fix that setting, or leave the option out for the packaged "
+                        "config") from None
 
     progress = Progress()
     if cfg.resume:

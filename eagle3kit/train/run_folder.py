@@ -159,8 +159,10 @@ def check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path)
         raise UserError(f"--resume: {path} cannot be read ({error}): the checkpoint {draft_dir.parent} is damaged; "
                         f"resume from an earlier one (ln -sfn step_M {savedir / LATEST})") from None
     if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
-        raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary ({len(saved):,} "
-                        f"tokens) than this run would use ({len(draft_ids):,}); resume with the options it was started "
+        sizes = (f"{len(saved):,} tokens, this run's {len(draft_ids):,}" if len(saved) != len(draft_ids) else
+                 f"other token ids, {len(saved):,} in both")
+        raise UserError(f"--resume: the checkpoint {draft_dir.parent} has another draft vocabulary than this run would "
+                        f"use ({sizes}); resume with the options it was started "
                         f"with (--draft-vocab-size, --init-draft, the same data: see {savedir / 'train_config.json'})")
 
 
