@@ -146,6 +146,10 @@ def test_train_names_what_it_cannot_use_before_loading_the_target(tmp_path, tiny
         "with answers (\"from\": \"gpt\")")
     assert "--source sharegpt: the sources are mixed only without --trainpath, so they are ignored" in message
     assert "--run-name names a wandb run; with --report-to none it is ignored" in message
+    result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--dry-run", *TRAIN_ARGS, "--aux-layers", "5,3,1"])
+    assert result.returncode == 2 and " ".join(result.stderr.split()).endswith(
+        "Error: --aux-layers: aux layers [5, 3, 1]: SGLang and vLLM capture the inputs of decoder layers 1..5 and join "
+        "them in layer order, so give three increasing indices in that range")
     # flex attention has no backward pass on a CPU: said at once, not a traceback after the target loads
     result = run_cli(base + ["--savedir", str(tmp_path / "ck"), "--attention", "flex", "--dry-run", *TRAIN_ARGS])
     message = " ".join(result.stderr.split())

@@ -385,5 +385,5 @@ def test_ctrl_c_during_a_multi_process_conversion_is_one_line(console_script, fa
     assert (tmp_path / "flag").exists(), done.stderr
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
-    assert done.stderr.strip().splitlines()[-1].startswith("Interrupted. Files are written under temporary names")
+    assert done.stderr.strip().splitlines()[-1].startswith("Interrupted. Nothing half-written is used")
     assert not (out / "train.jsonl").exists() and not (out / "test.jsonl").exists()

@@ -37,6 +37,16 @@ def text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def unservable_aux_layers(aux: list[int], num_layers: int) -> str | None:
+    """Why SGLang and vLLM could not serve a draft trained on hidden states ``aux`` of a
+    ``num_layers``-layer target, or None: they capture the inputs of decoder layers
+    1..N-1, each once, and join them in layer order."""
+    if aux != sorted(set(aux)) or not all(0 < i < num_layers for i in aux):
+        return (f"aux layers {aux}: SGLang and vLLM capture the inputs of decoder layers 1..{num_layers - 1} and join "
+                "them in layer order, so give three increasing indices in that range")
+    return None
+
+
 def default_aux_layers(num_layers: int) -> list[int]:
     """HF ``output_hidden_states`` indices of the three fused features: low, middle, high.
 
@@ -85,9 +95,6 @@ class DraftConfig:
             raise ValueError(f"aux layers {aux}: need three hidden-state indices in 0..{layers}")
         if aux_layers and len(set(aux)) < 3:
             raise ValueError(f"aux layers {aux}: SGLang and vLLM capture each layer once, so the three must differ")
-        if aux_layers and (aux != sorted(aux) or not all(0 < i < layers for i in aux)):
-            raise ValueError(f"aux layers {aux}: SGLang and vLLM capture the inputs of decoder layers 1..{layers - 1} "
-                             "and join them in layer order, so give three increasing indices in that range")
         raw = c.to_dict()
         rope = {k: raw[k] for k in ROPE_KEYS if raw.get(k) is not None}
         act = getattr(c, "hidden_act", "silu")

@@ -34,7 +34,7 @@ from eagle3kit.hub import absolute_target, hub_kwargs, unreachable_note
 from eagle3kit.train.attention import TARGET_FLEX, PackedMask, default_backend
 from eagle3kit.train.data import TokenizedData, load_tokenized
 from eagle3kit.train.distributed import all_reduce_sum, gather_objects, init_distributed, rank0_first
-from eagle3kit.train.draft import DraftConfig, Eagle3Draft
+from eagle3kit.train.draft import DraftConfig, Eagle3Draft, unservable_aux_layers
 from eagle3kit.train.ds_config import ds_config_warnings, load_ds_config, lr_lambda
 from eagle3kit.train.packing import MicroBatch, make_micro_batch, pack, shard_bins
 from eagle3kit.train.report import Reporter, final_table
@@ -304,10 +304,14 @@ def check_finite(stats: StepStats, what: str, cfg: TrainConfig, savedir: Path) -
 def draft_config_for(target_config, draft_vocab_size: int, cfg: TrainConfig) -> DraftConfig:
     """A new draft's configuration for the target (its sizes and positions, ``--aux-layers``)."""
     try:
-        return DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers,
-                                       target_model=absolute_target(cfg.basepath))
+        config = DraftConfig.from_target(target_config, draft_vocab_size, cfg.aux_layers,
+                                         target_model=absolute_target(cfg.basepath))
     except ValueError as error:
         raise UserError(f"{error}; choose them with --aux-layers A,B,C") from None
+    problem = unservable_aux_layers(config.aux_layers, config.target_num_layers) if cfg.aux_layers else None
+    if problem:
+        raise UserError(f"--aux-layers: {problem}")
+    return config
 
 
 def kernels_text(backend: str, target_attention: str, dtype: torch.dtype, target_tp: int) -> str:
