@@ -237,6 +237,12 @@ def test_resume_keeps_the_runs_feature_layers_and_names_a_damaged_checkpoint(tra
     result = run_cli(args)
     assert result.returncode == 2 and f"Error: --resume: the checkpoint {run / steps[-1]} is damaged" in \
         " ".join(result.stderr.split())
+    os.remove(run / "latest")
+    shutil.copytree(run / steps[0], run / "latest")  # what cp -rL makes of the link
+    result = run_cli(args)
+    assert result.returncode == 2 and " ".join(result.stderr.split()).endswith(
+        f"Error: {run / 'latest'} is a folder, not a link to a checkpoint (copied with links followed?); make it one "
+        f"again: rm -r {run / 'latest'} && ln -s step_N {run / 'latest'}")
 
 
 def test_resume_refuses_settings_that_would_train_on_other_rows(trained_run, tiny_target, mixed_data):

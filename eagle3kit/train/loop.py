@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -362,10 +363,20 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
     tp_mesh = tensor_parallel_mesh(world, cfg.target_tp, device) if cfg.target_tp > 1 else None
 
     def make_savedir() -> None:
+        for name in (LATEST, BEST):  # a copy that followed the links (cp -L, rsync -L) made them folders
+            if (savedir / name).is_dir() and not (savedir / name).is_symlink():
+                raise UserError(f"{savedir / name} is a folder, not a link to a checkpoint (copied with links followed?); "
+                                f"make it one again: rm -r {savedir / name} && ln -s step_N {savedir / name}")
         if not cfg.resume and resolve_pointer(savedir, LATEST):
             raise UserError(f"{savedir} already holds a training run ({LATEST} -> {resolve_pointer(savedir, LATEST)}); "
                             "pass --resume to continue it, or choose another --savedir")
         savedir.mkdir(parents=True, exist_ok=True)
+        probe = savedir / f".write-test-{os.getpid()}"
+        try:  # before the target loads, not at the first save
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise UserError(f"--savedir {savedir}: cannot write in it ({error.strerror}); choose another") from None
 
     if not cfg.dry_run:
         rank0_first(rank, make_savedir, others=False)
