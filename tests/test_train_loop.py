@@ -125,6 +125,25 @@ def _train_args(tiny_target, mixed_data, savedir, cache):
             *TRAIN_ARGS]
 
 
+def _train_signalled(args: list[str], env: dict, signals: dict[str, int]) -> tuple[int, list[str]]:
+    """Run ``eagle3kit ARGS``; when it says it saved a checkpoint named in ``signals``, send it
+    that signal (after a SIGKILL, stop reading). Its exit code and standard error lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            sent = next((sig for tag, sig in signals.items() if "saved checkpoint" in line and tag in line), None)
+            if sent is not None:
+                proc.send_signal(sent)
+                if sent == signal.SIGKILL:
+                    break
+    finally:
+        proc.wait()
+    return proc.returncode, lines
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target, mixed_data):
     cache = tmp_path / "cache"
     whole = run_cli(_train_args(tiny_target, mixed_data, tmp_path / "whole", cache))
@@ -135,23 +154,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target,
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *_train_args(tiny_target, mixed_data, killed, cache)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    after_usr1 = []
-    try:
-        for line in proc.stderr:
-            if after_usr1:
-                after_usr1.append(line)
-            if "saved checkpoint" in line and "step_4" in line:  # a stuck run shows where it is, and goes on
-                proc.send_signal(signal.SIGUSR1)
-                after_usr1.append(line)
-            if "saved checkpoint" in line and "step_8" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    killed = tmp_path / "killed"  # a stuck run shows where it is on SIGUSR1, and goes on
+    code, lines = _train_signalled(_train_args(tiny_target, mixed_data, killed, cache), env,
+                                   {"step_4": signal.SIGUSR1, "step_8": signal.SIGKILL})
+    after_usr1 = lines[next(i for i, line in enumerate(lines) if "saved checkpoint" in line and "step_4" in line):]
+    assert code == -signal.SIGKILL
     dump = "".join(after_usr1)
     assert "most recent call first" in dump and "eagle3kit/train/loop.py" in dump
     assert os.readlink(killed / "latest") == "step_8"
@@ -165,18 +172,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, tiny_target,
 
     # Ctrl-C: the run saves where it is and stops; --resume continues from there, bit for bit
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "eagle3kit", *_train_args(tiny_target, mixed_data, stopped, cache)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    told = []
-    try:
-        for line in proc.stderr:
-            told.append(line)
-            if "saved checkpoint" in line and "step_4" in line:
-                proc.send_signal(signal.SIGINT)
-    finally:
-        proc.wait()
+    code, told = _train_signalled(_train_args(tiny_target, mixed_data, stopped, cache), env, {"step_4": signal.SIGINT})
     said = " ".join("".join(told).split())
-    assert proc.returncode == 130, said[-3000:]
+    assert code == 130, said[-3000:]
     step = int(said.split("stopped at step ")[1].split()[0])
     assert 4 <= step < 12 and os.readlink(stopped / "latest") == f"step_{step}"
     assert (f"stopped at step {step} of 12: {stopped / 'latest'} -> step_{step}; run the same command with --resume "
