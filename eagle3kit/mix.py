@@ -86,12 +86,12 @@ def convert_batch(
                 raise ValueError(f"the record is a JSON {type(record).__name__}, expected an object")
             messages = converter(record)
             if messages is None:
-                raise ValueError("convert_to_unified returned None (is the source registered by this plugin?)")
+                raise ValueError("convert_to_unified returned None; a plugin returns [] to skip a record")
             conversation, status = clean_messages(messages)
             if conversation is not None:
                 conv_text = conversation_json(conversation)
                 text, key = record_json(record_id, conv_text), conversation_key(conv_text)
-        except Exception as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's error for one record is reported, not a crash
             status, error = INVALID, f"{place.format(loc=loc, row=index)}: {_describe(exc)}"
         out["id"].append(record_id)
         out["json"].append(text)
@@ -115,12 +115,30 @@ def _parse_json(data: bytes) -> Any:
         raise RecordError(f"bad JSON: {exc.msg} (column {column})") from None
 
 
-def _describe(error: Exception) -> str:
-    if isinstance(error, KeyError):
-        return f"missing field {error.args[0]!r}" if error.args else "missing field"
-    if isinstance(error, RecordError) or type(error) is ValueError:
+def _describe(error: BaseException) -> str:
+    """A record's error; for one a plugin's code raised, where (its last frame outside eagle3kit)."""
+    if isinstance(error, RecordError):
         return str(error)
-    return f"{type(error).__name__}: {error}"
+    if isinstance(error, KeyError):
+        text = f"missing field {error.args[0]!r}" if error.args else "missing field"
+    elif type(error) is ValueError:
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return text + _raised_at(error)
+
+
+def _raised_at(error: BaseException) -> str:
+    """`` (at pkg/plugin.py:42 in convert)``: the last frame of ``error`` outside eagle3kit."""
+    import traceback
+
+    package = Path(__file__).parent
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if package not in Path(f.filename).parents]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    where = "/".join(Path(frame.filename).parts[-2:])
+    return f" (at {where}:{frame.lineno} in {frame.name})"
 
 
 def _features():
@@ -275,6 +293,15 @@ def _dedup(runs: Sequence[SourceRun], kept: list) -> list:
         run.duplicates = int(len(rows) - keep.sum())
         out.append(rows[keep])
     return out
+
+
+def _role_hint(run: SourceRun) -> str:
+    """For a source whose records had unknown roles: the role words the clean-up maps."""
+    if not run.counts.get(UNKNOWN_ROLE):
+        return ""
+    from eagle3kit.unified import ROLE_MAP
+
+    return f". A message's \"from\" must be one of: {', '.join(sorted(ROLE_MAP))} (any case)"
 
 
 def _left_out(run: SourceRun) -> str:
@@ -523,10 +550,10 @@ def run_mix(
                 "errors; --skip-invalid would leave nothing of it"
             )
     if not skip_invalid and any(run.counts[INVALID] for run in runs):
-        raise UserError(
-            _invalid_report(runs)
-            + "\nFix the file, or pass --skip-invalid to drop malformed records (they are counted in the manifest)."
-        )
+        report = _invalid_report(runs)
+        code = " (or, for an error a plugin's code raised, at the place named, the plugin)" if " (at " in report else ""
+        raise UserError(report + f"\nFix the file{code}, or pass --skip-invalid to drop malformed records (they are "
+                        "counted in the manifest).")
 
     kept = [_kept_rows(run) for run in runs]
     if dedup:
@@ -536,6 +563,9 @@ def run_mix(
         if weighted and not len(rows):  # shares of the mix: one empty source leaves nothing of the others
             raise UserError(f"source {run.name} has no conversation left ({_left_out(run)}), and weight= makes "
                             "every source a share of the mix, so nothing would be mixed; fix its input, or leave it out")
+        if len(run.converted) and not len(rows) and any(len(k) for k in kept):  # the others hid it (exit 0)
+            raise UserError(f"source {run.name} has no conversation left ({_left_out(run)}): fix its input (or its "
+                            f"plugin), or leave it out{_role_hint(run)}")
     sizes = apply_weights([len(k) for k in kept], [run.options.get("weight") for run in runs])
     chosen = []
     for i, (run, rows, size) in enumerate(zip(runs, kept, sizes)):
@@ -552,7 +582,8 @@ def run_mix(
     total = len(rows_global)
     if total == 0:
         raise UserError("no conversation is left after the clean-up rules: "
-                        + "; ".join(f"{run.name}: {_left_out(run)}" for run in runs) + "; check the inputs")
+                        + "; ".join(f"{run.name}: {_left_out(run)}" for run in runs) + "; check the inputs"
+                        + next((_role_hint(run) for run in runs if run.counts.get(UNKNOWN_ROLE)), ""))
     perm = np.random.default_rng(seed).permutation(total)
     n_test = int(round(test_ratio * total))
     if test_ratio > 0 and n_test == 0:

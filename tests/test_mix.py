@@ -340,6 +340,45 @@ def test_a_source_whose_every_record_fails_names_its_plugin_even_with_skip_inval
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def _plugin_convert(record):
+    if record["kind"] == "none":
+        return None
+    if record["kind"] == "exit":
+        raise SystemExit(3)
+    if record["kind"] == "bot":
+        return [{"from": "user", "value": "Q"}, {"from": "bot", "value": "A"}]
+    return [{"from": "user", "value": "Q"}, {"from": "assistant", "value": record["answer"]}]
+
+
+def test_a_plugins_errors_name_where_its_code_raised_them(tmp_path, small):
+    import inspect
+
+    module = types.ModuleType("qa_plugin")
+    module.register_sources = hookimpl(lambda register: register(Source(name="qa", description="d")))
+    module.convert_to_unified = hookimpl(_plugin_convert)
+    registry = load_registry(extra_plugins=[("qa", module)])
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"kind": "none"}, {"kind": "exit"}, {"kind": "ok"}, {"kind": "ok", "answer": "A"}])
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"qa:path={path}", f"ultrachat:path={small.ultra}")
+    line = inspect.getsourcelines(_plugin_convert)[1]
+    at = f"(at tests/test_mix.py:{line + 7} in _plugin_convert)"  # the line that reads record["answer"]
+    assert str(info.value).splitlines() == [
+        "qa: 3 malformed record(s), for example:",
+        f"  - {path} line 1: convert_to_unified returned None; a plugin returns [] to skip a record",
+        f"  - {path} line 2: SystemExit: 3 (at tests/test_mix.py:{line + 4} in _plugin_convert)",  # not the end of mix
+        f"  - {path} line 3: missing field 'answer' {at}",
+        "Fix the file (or, for an error a plugin's code raised, at the place named, the plugin), or pass --skip-invalid "
+        "to drop malformed records (they are counted in the manifest)."]
+
+    # every record dropped by the clean-up rules: an error, not a mix of the other sources
+    path = write_jsonl(tmp_path / "bots.jsonl", [{"kind": "bot"}, {"kind": "bot"}])
+    with pytest.raises(UserError) as info:
+        do_mix(registry, tmp_path, f"qa:path={path}", f"ultrachat:path={small.ultra}")
+    assert str(info.value).startswith("source qa has no conversation left (2 read: 2 unknown role): fix its input (or "
+                                      "its plugin), or leave it out. A message's \"from\" must be one of: ")
+    assert "assistant, bard, bing, chatgpt" in str(info.value)
+
+
 def test_malformed_array_records_are_named_by_index(registry, tmp_path):
     path = write_json(tmp_path / "s.json", [sharegpt_record(("human", "Q"), ("gpt", "A")), {"id": "x", "conversations": [{"from": "human"}]}])
     with pytest.raises(UserError) as info:
