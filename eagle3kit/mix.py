@@ -181,11 +181,23 @@ class SourceRun:
             "plugin": self.plugin,
             "plugin_version": self.plugin_version,
             "converter": f"{converter.function.__module__}.{converter.function.__qualname__}",
+            "code": code_digest(converter.function),
             "options": {k: v for k, v in sorted(self.options.items()) if k != "weight"},
             "raw": self.raw.dataset._fingerprint,
             "rules": RULES_VERSION,
             "eagle3kit": __version__,
         }
+
+
+def code_digest(function: Any) -> str:
+    """A digest of the file that defines a source's converter: an edited plugin converts
+    again (its version alone would leave a stale cached conversion)."""
+    import inspect
+
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(function) or "").read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return ""
 
 
 def default_num_proc(rows: int) -> int | None:
@@ -347,6 +359,7 @@ def mix_fingerprint(runs: Sequence[SourceRun], registry: Registry, settings: dic
                 "plugin_version": r.plugin_version,
                 "options": r.options,
                 "raw": r.raw.dataset._fingerprint,
+                "code": code_digest(converter_for(registry, r.name, r.options).function),
             }
             for r in runs
         ],

@@ -151,6 +151,10 @@ def _source_problem(source: Any, taken: set[str]) -> str | None:
         for i, item in enumerate(items):
             if not isinstance(item, kind):
                 return f"source {name!r}: {what}[{i}] is a {type(item).__name__}; pass an eagle3kit.{kind.__name__}"
+            if kind is HubRepo and not (isinstance(item.repo_id, str) and item.repo_id
+                                        and isinstance(item.split, str)):
+                return (f"source {name!r}: repos[{i}] has repo_id {item.repo_id!r} and split {item.split!r}; "
+                        "both must be text")
     common = [o.name for o in COMMON_OPTIONS]
     seen: set[str] = set()
     for option in source.options:
@@ -252,8 +256,10 @@ def load_registry(
         info = registry.plugins[name]
         try:
             register_sources = pm.subset_hook_caller("register_sources", remove_plugins=others)
-            register_sources(register=lambda source: declared.append(source))
+            returned = register_sources(register=lambda source: declared.append(source))
             problem = _sources_problem(declared)
+            if problem is None and not declared:
+                _warn(f"plugin {name!r} ({info.distribution}) registers no source: " + _why_no_source(plugin, returned))
         except (Exception, SystemExit) as error:  # noqa: BLE001 - skipped like a plugin failing to import
             problem = error
         if problem is not None:
@@ -263,16 +269,31 @@ def load_registry(
             continue
         for source in declared:
             if source.name in owners:
-                first = owners[source.name]
+                first, second = owners[source.name], name
+                if registry.plugins[second].distribution == "eagle3kit":  # the built-in first; block the other
+                    first, second = second, first
                 raise PluginError(
                     f"two plugins register the source {source.name!r}: {first!r} "
-                    f"({registry.plugins[first].distribution}) and {name!r} ({info.distribution}). "
-                    f"Uninstall one, or block one with {BLOCK_ENV}={name}."
+                    f"({registry.plugins[first].distribution}) and {second!r} "
+                    f"({registry.plugins[second].distribution}). Uninstall one, or block one with "
+                    f"{BLOCK_ENV}={second}."
                 )
             owners[source.name] = name
             registry.sources[source.name] = replace(source, repos=tuple(source.repos), options=tuple(source.options),
                                                     plugin=name, plugin_version=info.version)
     return registry
+
+
+def _why_no_source(plugin: Any, returned: Any) -> str:
+    """Why a plugin's register_sources registered nothing, as its author would fix it."""
+    if any(isinstance(r, Source) for r in returned or []):
+        return "its register_sources returned a Source; call register(source) instead"
+    hook = getattr(plugin, "register_sources", None)
+    if hook is not None and not hasattr(hook, "eagle3kit_impl"):
+        return "its register_sources is not marked @hookimpl (from eagle3kit import hookimpl)"
+    if hook is None:
+        return "it has no register_sources hook (see docs/plugins.md)"
+    return "its register_sources called register() for none"
 
 
 def _hook_names() -> list[str]:

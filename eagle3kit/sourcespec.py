@@ -107,6 +107,9 @@ def resolve_options(source: Source, spec: SourceSpec) -> dict[str, Any]:
             values[key] = opt.parse(text)
         except (TypeError, ValueError) as error:
             raise UserError(f"--source {spec.name}: bad value {text!r} for option {key!r} ({opt.help}): {error}") from None
+        except Exception as error:  # noqa: BLE001 - a plugin's parser that raises something else: named too
+            raise UserError(f"--source {spec.name}: bad value {text!r} for option {key!r} ({opt.help}): its parser "
+                            f"raised {type(error).__name__}: {error} (a parser should raise ValueError)") from None
     if "path" in seen and "repo" in seen:
         raise UserError(f"--source {spec.name}: give path (a local copy) or repo (a Hub dataset), not both")
     for key in ("split", "files"):

@@ -821,3 +821,25 @@ def test_repo_option_mixes_another_dataset_in_the_sources_format(registry, tmp_p
     assert by_id(tmp_path / "out" / "train.jsonl") == {"sharegpt_0": [H("Q1"), G("A1")], "sharegpt_1": [H("Q2"), G("A2")]}
     every = do_mix(registry, tmp_path, f"sharegpt:repo={folder}", out="out2", test_ratio=0)
     assert every["sources"][0]["rows_read"] == 3 and every["fingerprint"] != manifest["fingerprint"]
+
+
+def test_an_edited_plugin_converts_again(tmp_path):
+    """Its version unchanged, the conversion cached from its old code is not reused."""
+    import importlib.util
+
+    def plugin(prefix):
+        (tmp_path / "qa_edit.py").write_text(
+            "from eagle3kit import Source, hookimpl\n"
+            "@hookimpl\ndef register_sources(register):\n    register(Source(name='qa', description='d'))\n"
+            "@hookimpl\ndef convert_to_unified(record):\n"
+            f"    return [{{'from': 'user', 'value': record['q']}}, {{'from': 'assistant', 'value': {prefix!r} + record['a']}}]\n")
+        spec = importlib.util.spec_from_file_location("qa_edit", tmp_path / "qa_edit.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return load_registry(entry_points=False, extra_plugins=[("qa", module)])
+
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"q": "Q", "a": "A"}, {"q": "R", "a": "B"}])
+    do_mix(plugin(""), tmp_path, f"qa:path={path}", out="before", test_ratio=0)
+    do_mix(plugin("edited "), tmp_path, f"qa:path={path}", out="after", test_ratio=0)
+    assert [c[1]["value"] for c in by_id(tmp_path / "before" / "train.jsonl").values()] == ["A", "B"]
+    assert [c[1]["value"] for c in by_id(tmp_path / "after" / "train.jsonl").values()] == ["edited A", "edited B"]

@@ -309,9 +309,9 @@ def test_a_plugin_claiming_a_builtin_source_names_both_distributions(fake_dist):
     )
     with pytest.raises(PluginError) as info:
         load_registry()
-    text = str(info.value)
-    assert text.startswith("two plugins register the source 'ultrachat': ")
-    assert "'ultra2' (eagle3kit-ultra2)" in text and "'ultrachat' (eagle3kit)" in text
+    assert str(info.value) == (  # the built-in named first, and the other one's name to block
+        "two plugins register the source 'ultrachat': 'ultrachat' (eagle3kit) and 'ultra2' (eagle3kit-ultra2). "
+        "Uninstall one, or block one with EAGLE3KIT_BLOCK_PLUGINS=ultra2.")
     # blocking one of them resolves it
     assert load_registry(blocked=["ultra2"]).source("ultrachat").plugin == "ultrachat"
 
@@ -586,3 +586,25 @@ def test_option_declared_by_a_plugin_is_listed_with_the_source():
     assert registry.source("o").options == (Option("lang", "language", str, "en"),)
     assert registry.source("o") == source  # plugin and version are filled in but not compared
     assert registry.source("o").plugin == "p"
+
+
+def test_a_plugin_that_registers_no_source_says_why(capsys):
+    undecorated = types.ModuleType("undecorated")
+    undecorated.register_sources = lambda register: register(Source(name="u", description="d"))  # no @hookimpl
+    returning = types.ModuleType("returning")
+    returning.register_sources = hookimpl(lambda register: Source(name="r", description="d"))
+    registry = load_registry(entry_points=False, extra_plugins=[("undecorated", undecorated), ("returning", returning)])
+    assert registry.sources == {}
+    assert capsys.readouterr().err.splitlines() == [
+        "eagle3kit: warning: plugin 'undecorated' ((registered in process)) registers no source: its register_sources "
+        "is not marked @hookimpl (from eagle3kit import hookimpl)",
+        "eagle3kit: warning: plugin 'returning' ((registered in process)) registers no source: its register_sources "
+        "returned a Source; call register(source) instead"]
+
+
+def test_a_hub_repository_without_an_id_is_refused_when_the_plugin_loads(capsys):
+    module = plugin_module("norepo", [Source(name="nr", description="d", repos=(HubRepo(None),))])
+    registry = load_registry(entry_points=False, extra_plugins=[("norepo", module)])
+    assert "nr" not in registry.sources
+    assert ("source 'nr': repos[0] has repo_id None and split 'train'; both must be text"
+            in capsys.readouterr().err)

@@ -122,6 +122,12 @@ def test_plugin_option_parser_errors_are_reported_the_same_way():
     with pytest.raises(UserError) as info:
         resolve_options(source, SourceSpec.parse("s:fancy=maybe"))
     assert str(info.value) == "--source s: bad value 'maybe' for option 'fancy' (fancy mode): expected yes or no"
+    levels = {"low": 1, "high": 3}
+    source = Source(name="s", description="d", options=(Option("level", "low or high", lambda t: levels[t], 1),))
+    with pytest.raises(UserError) as info:  # a parser that raises something else: the same, not a traceback
+        resolve_options(source, SourceSpec.parse("s:level=medium"))
+    assert str(info.value) == ("--source s: bad value 'medium' for option 'level' (low or high): its parser raised "
+                               "KeyError: 'medium' (a parser should raise ValueError)")
 
 
 def test_repo_split_and_files_name_another_hub_dataset():
