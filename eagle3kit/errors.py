@@ -103,3 +103,22 @@ def quiet_worker_interrupts() -> None:
         if module is not None and module.parent_process() is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             return
+
+
+def raised_at(error: BaseException) -> str:
+    """`` (at pkg/plugin.py:42 in convert)``: where ``error`` was raised, as its last frame
+    outside eagle3kit (a plugin's code); "" when eagle3kit raised it."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
+    import pluggy
+
+    skipped = {Path(__file__).parent, Path(pluggy.__file__).parent,  # eagle3kit, the hook caller, the standard library
+               *(Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib"))}
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
+              and not skipped & {*Path(f.filename).resolve().parents}]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno} in {frame.name})"

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from eagle3kit import __version__
 from eagle3kit.atomic import atomic_write_text, remove_quietly, replacing_together
-from eagle3kit.errors import RecordError, UserError, interrupts_in_main_only, quiet_worker_interrupts
+from eagle3kit.errors import RecordError, UserError, interrupts_in_main_only, quiet_worker_interrupts, raised_at
 from eagle3kit.plugins import Converter, Registry, converter_for
 from eagle3kit.rawdata import FILE_COLUMN, LENGTH_COLUMN, LOC_COLUMN, START_COLUMN, RawData, load_raw, read_records
 from eagle3kit.sourcespec import SourceSpec, resolve_options
@@ -125,20 +125,7 @@ def _describe(error: BaseException) -> str:
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}"
-    return text + _raised_at(error)
-
-
-def _raised_at(error: BaseException) -> str:
-    """`` (at pkg/plugin.py:42 in convert)``: the last frame of ``error`` outside eagle3kit."""
-    import traceback
-
-    package = Path(__file__).parent
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if package not in Path(f.filename).parents]
-    if not frames:
-        return ""
-    frame = frames[-1]
-    where = "/".join(Path(frame.filename).parts[-2:])
-    return f" (at {where}:{frame.lineno} in {frame.name})"
+    return text + raised_at(error)
 
 
 def _features():

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from eagle3kit import hookspecs
-from eagle3kit.errors import PluginError, UserError
+from eagle3kit.errors import PluginError, UserError, raised_at
 from eagle3kit.sourcespec import COMMON_OPTIONS
 from eagle3kit.types import HubRepo, Option, Source
 
@@ -96,6 +96,9 @@ class Registry:
                             "Upgrade or uninstall that plugin (`eagle3kit plugins` lists it).")
         known = ", ".join(sorted(self.sources)) or "(none)"
         blocked = f" Blocked plugins, which may provide it: {', '.join(sorted(self.blocked))}." if self.blocked else ""
+        if self.failed:  # a plugin whose source names differ from its own name
+            blocked += (f" Plugins that failed to load, which may provide it: "
+                        f"{', '.join(sorted(n for n, _ in self.failed))} (`eagle3kit plugins` shows why).")
         raise UserError(
             f"unknown source {name!r}. Known sources: {known}. "
             f"Run `eagle3kit sources` to list them, or install the plugin that provides it.{blocked}"
@@ -203,7 +206,7 @@ def load_registry(
     registry = Registry(pm=pm)
 
     def fail(name: str, error: BaseException | str, info: PluginInfo) -> None:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}{raised_at(error)}"
         if strict:
             raise PluginError(f"plugin {name!r} failed to load: {text}")
         registry.failed.append((name, text))
@@ -227,7 +230,9 @@ def load_registry(
             registry.blocked.setdefault(name, info)
             continue
         if pm.has_plugin(name):
-            fail(name, "another plugin is already registered under this name", info)
+            first = registry.plugins.get(name)
+            fail(name, f"another plugin, from {first.distribution if first else '?'}, is already registered under this "
+                       f"name; {BLOCK_ENV}={name} would block both", info)
             continue
         try:
             plugin = load()
@@ -239,7 +244,7 @@ def load_registry(
             pm.check_pending()
         except pluggy.PluginValidationError as error:
             pm.unregister(name=name)
-            fail(name, f"{error} (hooks eagle3kit knows: {', '.join(_hook_names())})", info)
+            fail(name, f"{error} (hooks eagle3kit knows: {', '.join(_hook_names())})", info)  # with their arguments
             continue
         registry.plugins[name] = info
     known_names = sorted({name for name, _, _ in candidates})
@@ -297,7 +302,11 @@ def _why_no_source(plugin: Any, returned: Any) -> str:
 
 
 def _hook_names() -> list[str]:
-    return sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "eagle3kit_spec"))
+    """Each hook with the arguments an implementation may take: ``register_sources(register)``."""
+    import inspect
+
+    return [f"{n}({', '.join(inspect.signature(getattr(hookspecs, n)).parameters)})" for n in dir(hookspecs)
+            if hasattr(getattr(hookspecs, n), "eagle3kit_spec")]
 
 
 @dataclass(frozen=True)

@@ -145,10 +145,10 @@ def test_a_broken_plugin_does_not_break_the_cli(fake_dist, tmp_path, samples):
     fake_dist("eagle3kit-broken", {"broken": "broken_cli_plugin"}, BROKEN)
     result = invoke("plugins")
     assert result.exit_code == 0
-    assert "broken\tFAILED: ImportError: needs libfoo 2\n" in result.stdout
-    assert "eagle3kit: warning: plugin 'broken' failed to load and is skipped (ImportError: needs libfoo 2)" in result.stderr
+    assert "broken\tFAILED: ImportError: needs libfoo 2 (at site/broken_cli_plugin.py:1 in <module>)\n" in result.stdout
+    assert "eagle3kit: warning: plugin 'broken' failed to load and is skipped (ImportError: needs libfoo 2 (at site/broken_cli_plugin.py:1 in <module>))" in result.stderr
     result = invoke("sources")
-    assert result.exit_code == 0 and "plugin broken failed to load: ImportError: needs libfoo 2" in result.stdout
+    assert result.exit_code == 0 and "plugin broken failed to load: ImportError: needs libfoo 2 (at site/broken_cli_plugin.py:1 in <module>)" in result.stdout
     result = invoke("mix", *sample_args(samples, tmp_path / "out", tmp_path / "cache"))
     assert result.exit_code == 0 and (tmp_path / "out" / "manifest.json").exists()
 
@@ -157,7 +157,7 @@ def test_strict_plugins_make_a_broken_plugin_fatal(fake_dist):
     fake_dist("eagle3kit-broken", {"broken": "broken_cli_plugin"}, BROKEN)
     result = invoke("plugins", env={"EAGLE3KIT_STRICT_PLUGINS": "1"})
     assert result.exit_code == 2
-    assert result.stderr == "Error: plugin 'broken' failed to load: ImportError: needs libfoo 2\n"
+    assert result.stderr == "Error: plugin 'broken' failed to load: ImportError: needs libfoo 2 (at site/broken_cli_plugin.py:1 in <module>)\n"
 
 
 def test_blocked_plugins_are_not_loaded(samples, tmp_path):

@@ -186,10 +186,11 @@ def test_a_plugin_that_fails_to_import_is_skipped_with_a_warning(fake_dist, caps
     registry = load_registry()
     assert "broken" not in registry.plugins
     assert {"ultrachat", "sharegpt"} <= set(registry.sources)
-    assert registry.failed == [("broken", "ModuleNotFoundError: No module named 'no_such_module_for_eagle3kit'")]
+    assert registry.failed == [("broken", "ModuleNotFoundError: No module named 'no_such_module_for_eagle3kit' "
+                                          "(at site/broken_plugin.py:1 in <module>)")]  # where the plugin's code raised
     assert capsys.readouterr().err == (
         "eagle3kit: warning: plugin 'broken' failed to load and is skipped "
-        "(ModuleNotFoundError: No module named 'no_such_module_for_eagle3kit'). "
+        "(ModuleNotFoundError: No module named 'no_such_module_for_eagle3kit' (at site/broken_plugin.py:1 in <module>)). "
         "It comes from eagle3kit-broken 1.0: upgrade or uninstall it, or block it with EAGLE3KIT_BLOCK_PLUGINS=broken. "
         "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.\n"
     )
@@ -199,12 +200,12 @@ def test_strict_mode_makes_a_failing_plugin_fatal(fake_dist, monkeypatch):
     fake_dist("eagle3kit-broken", {"broken": "broken_plugin2"}, {"broken_plugin2": "raise RuntimeError('boom at import')\n"})
     with pytest.raises(PluginError) as info:
         load_registry(strict=True)
-    assert str(info.value) == "plugin 'broken' failed to load: RuntimeError: boom at import"
+    assert str(info.value) == "plugin 'broken' failed to load: RuntimeError: boom at import (at site/broken_plugin2.py:1 in <module>)"
     monkeypatch.setenv(STRICT_ENV, "1")
     with pytest.raises(PluginError):
         load_registry()
     monkeypatch.setenv(STRICT_ENV, "0")
-    assert load_registry().failed == [("broken", "RuntimeError: boom at import")]
+    assert load_registry().failed == [("broken", "RuntimeError: boom at import (at site/broken_plugin2.py:1 in <module>)")]
 
 
 def test_an_entry_point_naming_a_missing_attribute_is_a_failing_plugin(fake_dist):
@@ -227,7 +228,8 @@ def test_a_hook_with_no_spec_is_rejected_by_check_pending(capsys):
     [(name, error)] = registry.failed
     assert name == "typo"
     assert error.startswith("unknown hook 'convert_to_unifed' in plugin <module 'typo'>")
-    assert error.endswith("(hooks eagle3kit knows: convert_to_unified, register_sources)")
+    assert error.endswith("(hooks eagle3kit knows: convert_to_unified(source, record, options), "
+                          "register_sources(register))")
     assert "plugin 'typo' failed to load and is skipped (unknown hook 'convert_to_unifed'" in capsys.readouterr().err
     with pytest.raises(PluginError) as info:
         load_registry(entry_points=False, extra_plugins=[("typo", typo)], strict=True)
@@ -258,7 +260,9 @@ def test_a_plugin_whose_register_sources_raises_is_skipped():
     broken = types.ModuleType("broken")
     broken.register_sources = register_sources
     registry = load_registry(entry_points=False, extra_plugins=[("broken", broken), ("good", plugin_module("good", ["g"]))])
-    assert registry.failed == [("broken", "RuntimeError: cannot read my config")]
+    line = register_sources.__code__.co_firstlineno + 2  # the raise: the plugin's own line
+    assert registry.failed == [("broken", f"RuntimeError: cannot read my config (at tests/test_plugins.py:{line} in "
+                                          "register_sources)")]
     assert list(registry.sources) == ["g"] and not registry.pm.has_plugin("broken")
 
 
@@ -342,7 +346,8 @@ def test_plugins_can_be_blocked_by_name(monkeypatch):
 
 def test_a_plugin_name_taken_twice_skips_the_second():
     registry = load_registry(extra_plugins=[("ultrachat", plugin_module("dup", ["dup"]))])
-    assert registry.failed == [("ultrachat", "another plugin is already registered under this name")]
+    assert registry.failed == [("ultrachat", "another plugin, from eagle3kit, is already registered under this name; "
+                                             "EAGLE3KIT_BLOCK_PLUGINS=ultrachat would block both")]
     assert registry.source("ultrachat").plugin_version == eagle3kit.__version__ and "dup" not in registry.sources
 
 
@@ -462,23 +467,25 @@ def test_a_plugin_raising_systemexit_is_skipped(fake_dist, samples, tmp_path, ca
     quitter = types.ModuleType("quitter")
     quitter.register_sources = register_sources
     registry = load_registry(extra_plugins=[("quitter", quitter)])
-    assert registry.failed == [("exiter", "SystemExit: needs libfoo >= 2"), ("quitter", "SystemExit: 3")]
+    line = register_sources.__code__.co_firstlineno + 2
+    quit_at = f" (at tests/test_plugins.py:{line} in register_sources)"
+    assert registry.failed == [("exiter", "SystemExit: needs libfoo >= 2 (at site/exiter_plugin.py:1 in <module>)"), ("quitter", f"SystemExit: 3{quit_at}")]
     assert {"ultrachat", "sharegpt"} <= set(registry.sources)
     assert capsys.readouterr().err.splitlines() == [
-        "eagle3kit: warning: plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2). It comes from "
+        "eagle3kit: warning: plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2 (at site/exiter_plugin.py:1 in <module>)). It comes from "
         "eagle3kit-exiter 1.0: upgrade or uninstall it, or block it with EAGLE3KIT_BLOCK_PLUGINS=exiter. "
         "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.",
-        "eagle3kit: warning: plugin 'quitter' failed to load and is skipped (SystemExit: 3). "
+        f"eagle3kit: warning: plugin 'quitter' failed to load and is skipped (SystemExit: 3{quit_at}). "
         "Set EAGLE3KIT_STRICT_PLUGINS=1 to make this fatal.",
     ]
     with pytest.raises(PluginError) as info:
         load_registry(strict=True)
-    assert str(info.value) == "plugin 'exiter' failed to load: SystemExit: needs libfoo >= 2"
+    assert str(info.value) == "plugin 'exiter' failed to load: SystemExit: needs libfoo >= 2 (at site/exiter_plugin.py:1 in <module>)"
     for command in ("plugins", "sources"):
         result = invoke(command)
         assert result.exit_code == 0, result.output
-        assert "plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2)" in result.stderr
-    assert "exiter\tFAILED: SystemExit: needs libfoo >= 2\n" in invoke("plugins").stdout
+        assert "plugin 'exiter' failed to load and is skipped (SystemExit: needs libfoo >= 2 (at site/exiter_plugin.py:1 in <module>))" in result.stderr
+    assert "exiter\tFAILED: SystemExit: needs libfoo >= 2 (at site/exiter_plugin.py:1 in <module>)\n" in invoke("plugins").stdout
     result = invoke(*sharegpt_mix(samples, tmp_path))
     assert result.exit_code == 0, result.output
 
@@ -608,3 +615,11 @@ def test_a_hub_repository_without_an_id_is_refused_when_the_plugin_loads(capsys)
     assert "nr" not in registry.sources
     assert ("source 'nr': repos[0] has repo_id None and split 'train'; both must be text"
             in capsys.readouterr().err)
+
+
+def test_an_unknown_source_names_the_plugins_that_failed_to_load(fake_dist):
+    fake_dist("eagle3kit-qa", {"qapairs": "qa_plugin"}, {"qa_plugin": "undefined_name\n"})  # it would register qa-single
+    with pytest.raises(UserError) as info:
+        load_registry().source("qa-single")
+    assert str(info.value).endswith("Plugins that failed to load, which may provide it: qapairs (`eagle3kit plugins` "
+                                    "shows why).")
