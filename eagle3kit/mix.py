@@ -255,17 +255,27 @@ def _convert(run: SourceRun, registry: Registry, cache_dir: Path, num_proc: int 
     run.counts = counts
 
 
-def _invalid_report(runs: Sequence[SourceRun], limit: int = 5) -> str:
+#: Malformed records a manifest lists per source (each with its place and problem).
+INVALID_LISTED = 1000
+
+
+def _invalid_errors(run: SourceRun, limit: int) -> list[str]:
+    """The first ``limit`` malformed records of a source, each as ``place: problem``."""
     import pyarrow.compute as pc
 
+    if not run.counts.get(INVALID):
+        return []
+    errors = run.converted.data.table.column("error")
+    return [errors[i].as_py() for i in pc.indices_nonzero(pc.is_valid(errors)).to_pylist()[:limit]]
+
+
+def _invalid_report(runs: Sequence[SourceRun], limit: int = 5) -> str:
     lines = []
     for run in runs:
         if not run.counts.get(INVALID):
             continue
-        errors = run.converted.data.table.column("error")
-        rows = pc.indices_nonzero(pc.is_valid(errors)).to_pylist()[:limit]
         lines.append(f"{run.name}: {run.counts[INVALID]} malformed record(s), for example:")
-        lines += [f"  - {errors[i].as_py()}" for i in rows]
+        lines += [f"  - {error}" for error in _invalid_errors(run, limit)]
     return "\n".join(lines)
 
 
@@ -633,6 +643,7 @@ def run_mix(
                 "rows_read": len(run.converted),
                 "kept": run.counts[KEPT],
                 "dropped": {UNKNOWN_ROLE: run.counts[UNKNOWN_ROLE], TOO_SHORT: run.counts[TOO_SHORT], INVALID: run.counts[INVALID]},
+                "invalid_records": _invalid_errors(run, INVALID_LISTED),  # what --skip-invalid dropped, and why
                 "duplicates": run.duplicates,
                 "used": run.used,
                 "train": run.train,

@@ -292,6 +292,9 @@ def test_skip_invalid_drops_and_counts_malformed_records(registry, tmp_path):
     assert (source["rows_read"], source["kept"], source["dropped"]) == (7, 2, {"unknown_role": 0, "too_short": 0, "invalid": 5})
     assert set(by_id(tmp_path / "out" / "train.jsonl")) == {"ultrachat_0", "ultrachat_6"}
     assert manifest["skip_invalid"] is True
+    listed = source["invalid_records"]  # every dropped record, where and why (the error shows only 5 of them)
+    assert len(listed) == 5 and [line.split(": ", 1)[0] for line in listed] == [f"{path} line {n}" for n in range(2, 7)]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"][0]["invalid_records"] == listed
 
 
 def test_a_json_line_that_is_not_utf8_is_a_malformed_record(registry, tmp_path):
