@@ -51,6 +51,7 @@ from eagle3kit.train.run_folder import (
     point,
     prune,
     resolve_pointer,
+    resume_elsewhere,
     resumed_record,
     schedule_change,
     set_rng_state,
@@ -489,10 +490,10 @@ def train(cfg: TrainConfig, ui: UI | None = None) -> dict[str, Any]:
             _, client = engine.load_checkpoint(str(savedir), tag=tag, load_module_strict=True)
         except RuntimeError as error:  # shapes: another draft than this run builds; or a damaged file
             if damaged_weights(error):
-                raise UserError(f"--resume: the checkpoint {savedir / tag} is damaged ({first_line(error)[:300]}); "
-                                f"resume from an earlier one (ln -sfn step_M {savedir / LATEST})") from None
+                raise UserError(f"--resume: the checkpoint {savedir / tag} is damaged ({first_line(error)[:300]})"
+                                f"{resume_elsewhere(savedir, tag)}") from None
             raise UserError(f"--resume: the checkpoint {savedir / tag} cannot be loaded into this run's draft "
-                            f"({str(error).splitlines()[0][:300]}); resume with the options it was started with "
+                            f"({first_line(error)[:300]}); resume with the options it was started with "
                             f"(see {savedir / 'train_config.json'})") from None
         if client is None:
             raise UserError(f"--resume: cannot read the checkpoint {savedir / tag}")

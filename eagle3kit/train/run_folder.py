@@ -81,10 +81,7 @@ def resumed_record(savedir: Path, tag: str) -> dict[str, Any]:
     ``eagle3kit`` entry: ``draft_config``, ``init_draft``, ...). UserError naming what to do
     when the checkpoint is gone or damaged."""
     checkpoint = savedir / tag
-    earlier = sorted((p.name for p in savedir.glob("step_*") if p.is_dir() and p.name != tag),
-                     key=lambda name: int(name.split("_")[1]) if name.split("_")[1].isdigit() else -1)
-    fix = (f"; resume from an earlier one: ln -sfn {earlier[-1]} {savedir / LATEST}" if earlier else
-           "; nothing earlier is left: start again without --resume in another --savedir")
+    fix = resume_elsewhere(savedir, tag)
     if not checkpoint.is_dir():
         raise UserError(f"--resume: {savedir / LATEST} points at {tag}, which is not there{fix}")
     try:
@@ -95,6 +92,21 @@ def resumed_record(savedir: Path, tag: str) -> dict[str, Any]:
         raise UserError(f"--resume: the checkpoint {checkpoint} is damaged ({checkpoint / 'draft' / 'config.json'}: "
                         f"{type(error).__name__}: {error}){fix}") from None
     return record
+
+
+def step_folders(savedir: Path) -> list[Path]:
+    """The checkpoint folders ``step_N`` of a run, oldest first."""
+    steps = [p for p in savedir.glob("step_*") if p.is_dir() and p.name[len("step_"):].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[len("step_"):]))
+
+
+def resume_elsewhere(savedir: Path, tag: str) -> str:
+    """What to add to a message about the checkpoint ``tag`` that cannot be resumed: the
+    command pointing ``latest`` at the newest other one, or that there is none."""
+    earlier = [p.name for p in step_folders(savedir) if p.name != tag]
+    if earlier:
+        return f"; resume from an earlier one: ln -sfn {earlier[-1]} {savedir / LATEST}"
+    return "; nothing earlier is left: start again without --resume in another --savedir"
 
 
 def resolve_pointer(savedir: Path, name: str) -> str | None:
@@ -156,8 +168,8 @@ def check_resumed_vocab(draft_dir: Path, draft_ids: torch.Tensor, savedir: Path)
         with safe_open(str(path), "pt") as f:
             saved = f.get_tensor("d2t").long() if "d2t" in f.keys() else None
     except Exception as error:  # noqa: BLE001 - a damaged file: the user's to fix
-        raise UserError(f"--resume: {path} cannot be read ({error}): the checkpoint {draft_dir.parent} is damaged; "
-                        f"resume from an earlier one (ln -sfn step_M {savedir / LATEST})") from None
+        raise UserError(f"--resume: {path} cannot be read ({error}): the checkpoint {draft_dir.parent} is damaged"
+                        f"{resume_elsewhere(savedir, draft_dir.parent.name)}") from None
     if saved is not None and not torch.equal(saved + torch.arange(len(saved)), draft_ids.long()):
         sizes = (f"{len(saved):,} tokens, this run's {len(draft_ids):,}" if len(saved) != len(draft_ids) else
                  f"other token ids, {len(saved):,} in both")
@@ -173,8 +185,7 @@ def gather_rng(device: torch.device):
 
 def prune(savedir: Path, keep_last: int, best: str | None) -> None:
     """Remove checkpoints but the ``best`` and the newest ``keep_last`` besides it."""
-    tags = sorted((p for p in savedir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
-    others = [p for p in tags if p.name != best]
+    others = [p for p in step_folders(savedir) if p.name != best]
     for p in others[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 

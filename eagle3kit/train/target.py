@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from eagle3kit.errors import UserError, first_line
-from eagle3kit.hub import hub_kwargs, unreachable_note
+from eagle3kit.hub import hub_kwargs, is_hub_id, unreachable_note
 from eagle3kit.train.attention import (TARGET_FLEX, PackedMask, dense_doc_causal_mask, flex_block_mask,
                                        register_target_flex)
 from eagle3kit.train.draft import text_config
@@ -32,7 +32,7 @@ def _load_error(what: str, path: str, error: Exception) -> UserError:
     local = Path(path).expanduser()
     if local.is_file():
         reason = "it is a file, not a folder"
-    elif not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+    elif not local.exists() and not is_hub_id(path, legacy=True):  # ./x, /x, ~/x, a/b/c
         reason = "no such folder"
     elif not local.exists() and "/" not in path:  # a mistyped folder, or a legacy Hub name (gpt2)
         reason = f"no such folder here, and as a Hugging Face Hub name: {first_line(error).rstrip('.')}"
