@@ -33,6 +33,7 @@ from eagle3kit.ui import UI
 from eagle3kit.unified import (
     INVALID,
     KEPT,
+    ROLE_MAP,
     STATUSES,
     TOO_SHORT,
     UNKNOWN_ROLE,
@@ -161,6 +162,7 @@ class SourceRun:
     used: int = 0
     train: int = 0
     test: int = 0
+    code: str = ""  # code_digest of the plugin function that converts it
 
     def fingerprint_inputs(self, converter: Converter) -> dict[str, Any]:
         return {
@@ -168,7 +170,7 @@ class SourceRun:
             "plugin": self.plugin,
             "plugin_version": self.plugin_version,
             "converter": f"{converter.function.__module__}.{converter.function.__qualname__}",
-            "code": code_digest(converter.function),
+            "code": self.code,
             "options": {k: v for k, v in sorted(self.options.items()) if k != "weight"},
             "raw": self.raw.dataset._fingerprint,
             "rules": RULES_VERSION,
@@ -308,8 +310,6 @@ def _role_hint(run: SourceRun) -> str:
     """For a source whose records had unknown roles: the role words the clean-up maps."""
     if not run.counts.get(UNKNOWN_ROLE):
         return ""
-    from eagle3kit.unified import ROLE_MAP
-
     return f". A message's \"from\" must be one of: {', '.join(sorted(ROLE_MAP))} (any case)"
 
 
@@ -356,7 +356,7 @@ def mix_fingerprint(runs: Sequence[SourceRun], registry: Registry, settings: dic
                 "plugin_version": r.plugin_version,
                 "options": r.options,
                 "raw": r.raw.dataset._fingerprint,
-                "code": code_digest(converter_for(registry, r.name, r.options).function),
+                "code": r.code,
             }
             for r in runs
         ],
@@ -540,6 +540,8 @@ def run_mix(
     datasets.disable_progress_bars()
     runs = _load_sources(registry, specs, cache_dir, ui)
     settings = {"test_ratio": test_ratio, "seed": seed, "dedup": dedup, "skip_invalid": skip_invalid}
+    for run in runs:
+        run.code = code_digest(registry.converter_impl(run.name).function)
     fingerprint = mix_fingerprint(runs, registry, settings)
     previous = read_manifest(out)
     if previous and previous.get("fingerprint") == fingerprint:
